@@ -44,7 +44,7 @@ printf 'torch==%s\ntorchvision==%s\nmmcv==%s\nnumpy<2.4\nsetuptools<82\n' \
 
 log() { printf '[install] %s\n' "$*"; }
 die() { printf '[install] ERROR: %s\n' "$*" >&2; exit 1; }
-pip_() { "$PY" -m pip install --quiet --disable-pip-version-check "$@"; }
+pip_() { PIP_ROOT_USER_ACTION=ignore "$PY" -m pip install --quiet --disable-pip-version-check "$@"; }
 
 # Prints the installed version of a distribution, or nothing.
 version_of() {
@@ -105,7 +105,9 @@ if [[ "$have_torch" != "$TORCH_VERSION" || "$have_tv" != "$TORCHVISION_VERSION" 
 fi
 
 # 3. mmcv with compiled ops
-if [[ "$(version_of mmcv)" != "$MMCV_VERSION" ]] || ! "$PY" -c 'import mmcv.ops' 2>/dev/null; then
+# mmcv._ext is the compiled-ops extension (absent in mmcv-lite); found without importing torch.
+has_ops() { "$PY" -c 'import importlib.util as u, sys; sys.exit(u.find_spec("mmcv._ext") is None)' 2>/dev/null; }
+if [[ "$(version_of mmcv)" != "$MMCV_VERSION" ]] || ! has_ops; then
   pytag="$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')"
   flavour=cpu; [[ "${MMBEIT_MMCV_CUDA:-0}" == 1 ]] && flavour=cuda
   wheel_dir="$CACHE/wheels/mmcv-$MMCV_VERSION-torch$TORCH_VERSION-$pytag-$flavour"
@@ -140,7 +142,8 @@ if ! satisfied "${reqs[@]}"; then
   for r in "${reqs[@]}"; do args+=(-r "$r"); done
   pip_ -c "$CONSTRAINTS" "${args[@]}"
 fi
-installed_at="$("$PY" -c 'import mmbeit, os; print(os.path.dirname(os.path.dirname(os.path.abspath(mmbeit.__file__))))' 2>/dev/null || true)"
+# Asked from / so that the source tree in the current directory does not answer for it.
+installed_at="$(cd / && "$PY" -c 'import importlib.util as u, os; s = u.find_spec("mmbeit"); print(os.path.dirname(os.path.dirname(os.path.abspath(s.origin))))' 2>/dev/null || true)"
 if [[ "$installed_at" != "$ROOT" ]]; then
   log "installing mmbeit from $ROOT (editable)"
   pip_ --no-deps --no-build-isolation -e "$ROOT"

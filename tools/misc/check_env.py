@@ -63,8 +63,9 @@ def main() -> int:
         for p in problems:
             print(f'  - {p}', file=sys.stderr)
         return 1
-    import mmbeit
     import torch
+
+    import mmbeit
     print(f'[check_env] ok: mmbeit {mmbeit.__version__}, torch {torch.__version__}, '
           f'mmcv {version("mmcv")} (ops), mmengine {version("mmengine")}, '
           f'mmpretrain {version("mmpretrain")}, mmseg {version("mmsegmentation")}, '

@@ -1,0 +1,20 @@
+"""Helpers shared by the tests (on pytest's pythonpath, see pyproject.toml)."""
+import os
+import os.path as osp
+import subprocess
+import sys
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+def run_tool(args, cwd=ROOT, env=None, timeout=600, check=True):
+    """Run ``python ARGS`` (or a shell script when ARGS[0] ends in .sh) from the repo root."""
+    full_env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
+    full_env.update(env or {})
+    cmd = (['bash'] if str(args[0]).endswith('.sh') else [sys.executable]) + [str(a) for a in args]
+    proc = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f'{" ".join(cmd)} failed ({proc.returncode}):\n'
+                             f'--- stdout ---\n{proc.stdout[-6000:]}\n'
+                             f'--- stderr ---\n{proc.stderr[-6000:]}')
+    return proc

@@ -1,0 +1,199 @@
+"""Write the bundled demo datasets: small, deterministic, with structure to learn.
+
+Two layouts, the ones mmbeit reads for real data:
+
+* ImageNet layout (classification and pretraining)::
+
+    OUT/imagenet/train/<class>/<class>_0000.png   OUT/imagenet/val/<class>/...
+    OUT/imagenet/meta/train.txt   lines '<class>/<file> <label>' (mmpretrain's ImageNet reader)
+    OUT/imagenet/meta/val.txt     OUT/imagenet/meta/classes.txt (one class name a line)
+
+  Each image shows one shape of its class (circle, square, triangle, ...) at a random
+  place, size, angle and colour over a random smooth background with noise, so the class
+  is in the shape, not in a colour statistic.
+
+* ADE20K layout (segmentation)::
+
+    OUT/ade20k/images/{training,validation}/ADE_{train,val}_%08d.jpg
+    OUT/ade20k/annotations/{training,validation}/ADE_{train,val}_%08d.png
+    OUT/ade20k/meta/classes.txt
+
+  Annotations are uint8 PNGs: 0 = ignore (a thin band around each object, as ADE20K's
+  "other" pixels), 1 = wall, 2 = floor, 3.. = one shape class each. mmseg's ADE20K
+  pipeline with ``reduce_zero_label=True`` turns 0 into 255 (ignored) and k into k - 1.
+  Read it with ``mmseg.BaseSegDataset`` (img_suffix='.jpg', seg_map_suffix='.png',
+  reduce_zero_label=True, metainfo=dict(classes=...)): ``ADE20KDataset`` accepts only
+  subsets of ADE's own 150 classes.
+
+Everything derives from ``--seed``: the same arguments write the same bytes. About two
+seconds for the defaults.
+
+Usage::
+
+    python tools/misc/make_demo_data.py [--out data/demo] [--seed 0] [--force]
+"""
+import argparse
+import os
+import os.path as osp
+import shutil
+import sys
+
+import cv2
+import numpy as np
+
+SHAPES = ('circle', 'square', 'triangle', 'cross', 'ring', 'diamond', 'bar', 'star')
+SEG_CLASSES = ('wall', 'floor') + SHAPES[:6]
+
+
+def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A smooth random colour field plus pixel noise, [H, W, 3] float in [0, 255]."""
+    coarse = rng.uniform(0, 255, size=(3, 3, 3)).astype(np.float32)
+    field = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
+    field += rng.normal(0, 12, size=(h, w, 3)).astype(np.float32)
+    return np.clip(field, 0, 255)
+
+
+def _shape_mask(shape: str, rng: np.random.Generator, h: int, w: int,
+                centre=None, size=None) -> np.ndarray:
+    """A [H, W] uint8 mask (1 inside) of one shape at a random pose."""
+    m = np.zeros((h, w), np.uint8)
+    s = size if size is not None else rng.uniform(0.22, 0.36) * min(h, w)
+    if centre is None:
+        centre = (rng.uniform(s, w - s), rng.uniform(s, h - s))
+    cx, cy = centre
+    angle = rng.uniform(0, np.pi)
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+
+    def poly(points):
+        pts = np.asarray(points, np.float64) @ rot.T * s + (cx, cy)
+        cv2.fillPoly(m, [np.round(pts).astype(np.int32)], 1)
+
+    if shape == 'circle':
+        cv2.circle(m, (round(cx), round(cy)), round(s), 1, -1)
+    elif shape == 'ring':
+        cv2.circle(m, (round(cx), round(cy)), round(s), 1, max(2, round(s * 0.35)))
+    elif shape == 'square':
+        poly([(-0.8, -0.8), (0.8, -0.8), (0.8, 0.8), (-0.8, 0.8)])
+    elif shape == 'diamond':
+        poly([(0, -1.1), (0.6, 0), (0, 1.1), (-0.6, 0)])
+    elif shape == 'triangle':
+        poly([(0, -1), (0.95, 0.7), (-0.95, 0.7)])
+    elif shape == 'bar':
+        poly([(-1.1, -0.25), (1.1, -0.25), (1.1, 0.25), (-1.1, 0.25)])
+    elif shape == 'cross':
+        poly([(-1, -0.25), (1, -0.25), (1, 0.25), (-1, 0.25)])
+        poly([(-0.25, -1), (0.25, -1), (0.25, 1), (-0.25, 1)])
+    elif shape == 'star':
+        t = np.arange(10) * np.pi / 5
+        r = np.where(np.arange(10) % 2 == 0, 1.0, 0.42)
+        poly(np.stack([r * np.sin(t), -r * np.cos(t)], 1))
+    else:
+        raise ValueError(f'unknown shape {shape!r}')
+    return m
+
+
+def _paint(img: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> None:
+    """Fill `mask` in `img` with a random colour that differs from what is under it."""
+    under = img[mask > 0].mean(0) if mask.any() else np.full(3, 128.0)
+    colour = rng.uniform(0, 255, 3)
+    while np.abs(colour - under).sum() < 150:
+        colour = rng.uniform(0, 255, 3)
+    shade = rng.normal(0, 8, size=img.shape).astype(np.float32)
+    img[mask > 0] = np.clip(colour + shade[mask > 0], 0, 255)
+
+
+def _write(path: str, img: np.ndarray) -> None:
+    ok = cv2.imwrite(path, img)
+    if not ok:
+        raise OSError(f'could not write {path}')
+
+
+def make_imagenet(out: str, rng: np.random.Generator, per_class: dict, size: int) -> None:
+    os.makedirs(osp.join(out, 'meta'), exist_ok=True)
+    with open(osp.join(out, 'meta', 'classes.txt'), 'w') as f:
+        f.write('\n'.join(SHAPES) + '\n')
+    for split, n in per_class.items():
+        lines = []
+        for label, name in enumerate(SHAPES):
+            os.makedirs(osp.join(out, split, name), exist_ok=True)
+            for i in range(n):
+                img = _background(rng, size, size)
+                _paint(img, _shape_mask(name, rng, size, size), rng)
+                rel = f'{name}/{name}_{i:04d}.png'
+                _write(osp.join(out, split, rel), img.astype(np.uint8)[..., ::-1])
+                lines.append(f'{rel} {label}')
+        with open(osp.join(out, 'meta', f'{split}.txt'), 'w') as f:
+            f.write('\n'.join(lines) + '\n')
+
+
+def make_ade20k(out: str, rng: np.random.Generator, counts: dict, size: int) -> None:
+    os.makedirs(osp.join(out, 'meta'), exist_ok=True)
+    with open(osp.join(out, 'meta', 'classes.txt'), 'w') as f:
+        f.write('\n'.join(SEG_CLASSES) + '\n')
+    for split, n in counts.items():
+        tag = 'train' if split == 'training' else 'val'
+        for sub in ('images', 'annotations'):
+            os.makedirs(osp.join(out, sub, split), exist_ok=True)
+        for i in range(n):
+            img = _background(rng, size, size)
+            seg = np.ones((size, size), np.uint8)                    # 1 = wall
+            horizon = int(rng.uniform(0.45, 0.75) * size)
+            floor = np.zeros((size, size), np.uint8)
+            floor[horizon:] = 1
+            _paint(img, floor, rng)
+            seg[horizon:] = 2                                         # 2 = floor
+            for _ in range(rng.integers(1, 4)):
+                k = int(rng.integers(0, 6))
+                m = _shape_mask(SHAPES[k], rng, size, size,
+                                size=rng.uniform(0.12, 0.22) * size)
+                _paint(img, m, rng)
+                band = cv2.dilate(m, np.ones((3, 3), np.uint8)) - cv2.erode(
+                    m, np.ones((3, 3), np.uint8))
+                seg[m > 0] = 3 + k
+                seg[band > 0] = 0                                     # 0 = ignore
+            name = f'ADE_{tag}_{i + 1:08d}'
+            _write(osp.join(out, 'images', split, name + '.jpg'),
+                   img.astype(np.uint8)[..., ::-1])
+            _write(osp.join(out, 'annotations', split, name + '.png'), seg)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--out', default='data/demo', help='output folder (default data/demo)')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--train-per-class', type=int, default=80)
+    parser.add_argument('--val-per-class', type=int, default=20)
+    parser.add_argument('--cls-size', type=int, default=96, help='classification image side')
+    parser.add_argument('--seg-train', type=int, default=160)
+    parser.add_argument('--seg-val', type=int, default=40)
+    parser.add_argument('--seg-size', type=int, default=128, help='segmentation image side')
+    parser.add_argument('--force', action='store_true',
+                        help='replace an existing output folder (otherwise it is kept)')
+    args = parser.parse_args(argv)
+
+    if osp.exists(args.out):
+        if not args.force:
+            print(f'[make_demo_data] {args.out} exists; keeping it (pass --force to rewrite)')
+            return 0
+        shutil.rmtree(args.out)
+    # Build in a sibling temp folder and move it in place: an interrupted run leaves no
+    # half-written dataset behind under the final name.
+    tmp = args.out.rstrip('/') + '.tmp'
+    shutil.rmtree(tmp, ignore_errors=True)
+    cv2.setNumThreads(1)
+    make_imagenet(osp.join(tmp, 'imagenet'), np.random.default_rng([args.seed, 1]),
+                  {'train': args.train_per_class, 'val': args.val_per_class}, args.cls_size)
+    make_ade20k(osp.join(tmp, 'ade20k'), np.random.default_rng([args.seed, 2]),
+                {'training': args.seg_train, 'validation': args.seg_val}, args.seg_size)
+    os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
+    os.replace(tmp, args.out)
+    print(f'[make_demo_data] wrote {args.out}: imagenet ({len(SHAPES)} classes, '
+          f'{args.train_per_class}/{args.val_per_class} per class, {args.cls_size}px), '
+          f'ade20k ({len(SEG_CLASSES)} classes, {args.seg_train}/{args.seg_val} images, '
+          f'{args.seg_size}px)')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Evaluate a checkpoint: ``python tools/test.py CONFIG CHECKPOINT [options]``.
+
+The checkpoint is read with weights-only unpickling (see ``mmbeit/engine/checkpoint.py``).
+Multi-process: ``tools/dist_test.sh CONFIG CHECKPOINT N``.
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+from mmengine.config import Config, ConfigDict, DictAction
+from mmengine.runner import Runner
+
+from mmbeit.engine.runtime import prepare_runtime, shutdown_distributed
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Evaluate a checkpoint with mmbeit')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='where the evaluation logs go '
+                        '(default: ./work_dirs/<config name>)')
+    parser.add_argument('--out', help='dump the raw predictions to this pickle file')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config entries, e.g. test_dataloader.batch_size=8')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none',
+                        help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0,
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    for what, path in (('config', args.config), ('checkpoint', args.checkpoint)):
+        if not osp.isfile(path):
+            sys.exit(f'test.py: {what} file {path!r} does not exist')
+    if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
+        sys.exit(f'test.py: --out must name a .pkl file, got {args.out!r}')
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    if cfg.get('test_dataloader') is None or cfg.get('test_evaluator') is None:
+        sys.exit(f'test.py: {args.config} defines no test_dataloader / test_evaluator')
+    cfg.load_from, cfg.resume = args.checkpoint, False
+    if args.out:
+        dump = ConfigDict(type='DumpResults', out_file_path=args.out)
+        evaluator = cfg.test_evaluator
+        cfg.test_evaluator = (list(evaluator) if isinstance(evaluator, (list, tuple))
+                              else [evaluator]) + [dump]
+    prepare_runtime(cfg, args.launcher)
+    try:
+        runner = Runner.from_cfg(cfg)
+        runner.test()
+    finally:
+        shutdown_distributed()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

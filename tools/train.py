@@ -1,0 +1,90 @@
+"""Train a model from a config: ``python tools/train.py CONFIG [options]``.
+
+The flags are the usual OpenMMLab ones; see ``--help``. Multi-process runs go through
+``tools/dist_train.sh CONFIG N`` (torchrun; NCCL on GPUs, gloo on CPU machines) or
+``tools/slurm_train.sh``.
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+from mmengine.config import Config, DictAction
+from mmengine.runner import Runner
+
+from mmbeit.engine.runtime import check_work_dir, prepare_runtime, shutdown_distributed
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Train a model with mmbeit')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='where logs and checkpoints go '
+                        '(default: ./work_dirs/<config name>)')
+    parser.add_argument('--resume', nargs='?', type=str, const='auto', metavar='CKPT',
+                        help='resume from CKPT, or without a value from the latest checkpoint '
+                        'in the work dir')
+    parser.add_argument('--amp', action='store_true',
+                        help='automatic mixed precision (optim_wrapper.dtype picks fp16/bf16)')
+    parser.add_argument('--auto-scale-lr', action='store_true',
+                        help='scale the lr by total batch / auto_scale_lr.base_batch_size')
+    parser.add_argument('--no-validate', action='store_true',
+                        help='do not evaluate checkpoints during training')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='allow writing over the checkpoints of an earlier run in the '
+                        'work dir')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config entries, e.g. train_cfg.max_iters=10')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none',
+                        help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0,
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def merge_args(cfg: Config, args) -> Config:
+    cfg.launcher = args.launcher
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    if args.amp:
+        wrapper = cfg.optim_wrapper
+        if wrapper.get('type', 'OptimWrapper') not in ('AmpOptimWrapper',
+                                                       'mmbeit.AmpOptimWrapper'):
+            wrapper.type = 'AmpOptimWrapper'
+            wrapper.setdefault('loss_scale', 'dynamic')
+    if args.auto_scale_lr:
+        if 'auto_scale_lr' not in cfg or 'base_batch_size' not in cfg.auto_scale_lr:
+            raise ValueError(f'--auto-scale-lr: {args.config} has no '
+                             f'auto_scale_lr=dict(base_batch_size=...) entry to scale from')
+        cfg.auto_scale_lr.enable = True
+    if args.no_validate:
+        cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
+    if args.resume == 'auto':
+        cfg.resume, cfg.load_from = True, None
+    elif args.resume is not None:
+        cfg.resume, cfg.load_from = True, args.resume
+    return cfg
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if not osp.isfile(args.config):
+        sys.exit(f'train.py: config file {args.config!r} does not exist')
+    cfg = merge_args(Config.fromfile(args.config), args)
+    check_work_dir(cfg.work_dir, cfg.get('resume', False), args.overwrite)
+    prepare_runtime(cfg, args.launcher)
+    try:
+        runner = Runner.from_cfg(cfg)
+        runner.train()
+    finally:
+        shutdown_distributed()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
