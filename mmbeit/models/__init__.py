@@ -1,0 +1,4 @@
+"""mmbeit models: importing this package registers them in ``mmbeit.registry.MODELS``."""
+from . import backbones, utils  # noqa: F401
+from .backbones import *  # noqa: F401,F403
+from .utils import *  # noqa: F401,F403

@@ -1,0 +1,565 @@
+"""BEiT / BEiT v2 vision transformer backbone (``BEiTViT``) and its reusable blocks.
+
+Implements spec section 1 (backbone) of docs/beit-spec.md for BEiT (arXiv 2106.08254) and
+BEiT v2 (arXiv 2208.06366): patch embedding with optional mask token (1.2), attention with
+q/v bias and relative position bias (1.3, 1.4), blocks with LayerScale and stochastic depth
+(1.5), pretraining-style initialisation (1.6), outputs and pooling (1.7) and the checkpoint
+load path with resolution changes (1.8). State-dict keys follow unilm/timm exactly, see
+docs/contracts.md.
+"""
+import math
+import re
+from collections import OrderedDict
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+from mmengine.logging import print_log
+from mmengine.model import BaseModule
+
+from mmbeit.registry import MODELS
+
+from ..utils.rel_pos import (
+    RelativePositionBias,
+    build_relative_position_index,
+    gather_rel_pos_bias,
+    grid_from_table_len,
+    rel_pos_table_len,
+    resize_pos_embed,
+    resize_rel_pos_table,
+    to_2tuple,
+)
+
+__all__ = ['DropPath', 'BEiTAttention', 'BEiTMlp', 'BEiTBlock', 'BEiTViT',
+           'beit_init_weights_', 'adapt_beit_state_dict_']
+
+
+def beit_init_weights_(module: nn.Module, std: float = 0.02) -> None:
+    """Pretraining init of spec 1.6 on every sub-module of ``module``.
+
+    Linear/Conv2d weights: trunc-normal with std ``std`` truncated at +-std (a=-std, b=std),
+    biases 0; LayerNorm (1, 0). Parameters that are not in such layers are left alone.
+    """
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nn.init.trunc_normal_(m.weight, std=std, a=-std, b=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop a residual branch per sample with probability ``drop_prob``."""
+
+    def __init__(self, drop_prob: float = 0.):
+        super().__init__()
+        self.drop_prob = float(drop_prob)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0. or not self.training:
+            return x
+        keep = 1. - self.drop_prob
+        mask = x.new_empty((x.shape[0], ) + (1, ) * (x.ndim - 1)).bernoulli_(keep)  # [B,1,1]
+        return x * mask / keep if keep > 0 else x * mask
+
+    def extra_repr(self) -> str:
+        return f'drop_prob={self.drop_prob:.4f}'
+
+
+class BEiTAttention(nn.Module):
+    """Multi-head self-attention of BEiT (spec 1.3).
+
+    ``qkv`` is a Linear(D, 3D) without bias, applied with the bias cat(q_bias, 0, v_bias);
+    q is scaled by head_dim**-0.5. With ``window_size`` set, the layer owns a relative
+    position table ``relative_position_bias_table`` [T, nH] (key
+    ``blocks.i.attn.relative_position_bias_table``); a shared bias can be passed to forward.
+    """
+
+    def __init__(self, embed_dims: int, num_heads: int,
+                 window_size: Optional[Union[int, Tuple[int, int]]] = None,
+                 qv_bias: bool = True, attn_drop: float = 0., proj_drop: float = 0.):
+        super().__init__()
+        if embed_dims % num_heads:
+            raise ValueError(f'embed_dims {embed_dims} is not divisible by {num_heads} heads')
+        self.num_heads = num_heads
+        self.head_dims = embed_dims // num_heads
+        self.scale = self.head_dims ** -0.5
+        self.qkv = nn.Linear(embed_dims, embed_dims * 3, bias=False)
+        if qv_bias:
+            self.q_bias = nn.Parameter(torch.zeros(embed_dims))
+            self.v_bias = nn.Parameter(torch.zeros(embed_dims))
+        else:
+            self.q_bias = self.v_bias = None
+        if window_size is not None:
+            self.window_size = to_2tuple(window_size)
+            self.relative_position_bias_table = nn.Parameter(
+                torch.zeros(rel_pos_table_len(self.window_size), num_heads))  # [T, nH]
+            self.register_buffer(
+                'relative_position_index', build_relative_position_index(self.window_size),
+                persistent=False)
+        else:
+            self.window_size = None
+            self.relative_position_bias_table = None
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(embed_dims, embed_dims)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def _qkv(self, x: torch.Tensor):
+        bias = None
+        if self.q_bias is not None:
+            bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
+        b, n, c = x.shape
+        qkv = F.linear(x, self.qkv.weight, bias)  # [B, N, 3C]
+        qkv = qkv.reshape(b, n, 3, self.num_heads, self.head_dims).permute(2, 0, 3, 1, 4)
+        return qkv.unbind(0)  # 3 x [B, nH, N, hd]
+
+    def _bias(self, rel_pos_bias: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        bias = None
+        if self.relative_position_bias_table is not None:
+            bias = gather_rel_pos_bias(self.relative_position_bias_table,
+                                       self.relative_position_index)  # [nH, N+1, N+1]
+        if rel_pos_bias is not None:
+            bias = rel_pos_bias if bias is None else bias + rel_pos_bias
+        return bias
+
+    def forward(self, x: torch.Tensor, rel_pos_bias: Optional[torch.Tensor] = None,
+                return_attn: bool = False):
+        """x [B, N+1, C] -> [B, N+1, C]; ``rel_pos_bias`` [nH, N+1, N+1] is added to the
+        logits. ``return_attn=True`` uses the explicit softmax path and also returns the
+        attention map [B, nH, N+1, N+1]."""
+        b, n, c = x.shape
+        q, k, v = self._qkv(x)
+        bias = self._bias(rel_pos_bias)
+        drop = self.attn_drop if self.training else 0.
+        if return_attn:
+            attn = (q * self.scale) @ k.transpose(-2, -1)  # [B, nH, N, N]
+            if bias is not None:
+                attn = attn + bias
+            attn = attn.softmax(dim=-1)
+            out = F.dropout(attn, drop, self.training) @ v  # [B, nH, N, hd]
+        else:
+            if bias is not None:
+                bias = bias.to(q.dtype)
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=bias, dropout_p=drop, scale=self.scale)  # [B, nH, N, hd]
+        out = out.transpose(1, 2).reshape(b, n, c)  # [B, N, C]
+        out = self.proj_drop(self.proj(out))
+        return (out, attn) if return_attn else out
+
+
+class BEiTMlp(nn.Module):
+    """fc1 -> GELU -> fc2 -> dropout (keys ``mlp.fc1``, ``mlp.fc2``)."""
+
+    def __init__(self, embed_dims: int, feedforward_channels: int, drop: float = 0.):
+        super().__init__()
+        self.fc1 = nn.Linear(embed_dims, feedforward_channels)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(feedforward_channels, embed_dims)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class BEiTBlock(nn.Module):
+    """Pre-norm transformer block of BEiT (spec 1.5).
+
+    x = x + DropPath(gamma_1 * Attn(norm1(x))); x = x + DropPath(gamma_2 * Mlp(norm2(x))).
+    ``gamma_1``/``gamma_2`` [D] exist only when ``layer_scale_init_value > 0``. The FFN
+    branch is dropped once (not twice as in mmpretrain). Keys match unilm/timm ``blocks.i``.
+
+    Args:
+        window_size: patch grid for a per-layer relative position table, or None.
+    """
+
+    def __init__(self, embed_dims: int, num_heads: int, feedforward_channels: int,
+                 window_size: Optional[Union[int, Tuple[int, int]]] = None,
+                 qv_bias: bool = True, layer_scale_init_value: float = 0.1,
+                 drop_path_rate: float = 0., drop_rate: float = 0.,
+                 attn_drop_rate: float = 0., norm_eps: float = 1e-6):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(embed_dims, eps=norm_eps)
+        self.attn = BEiTAttention(embed_dims, num_heads, window_size, qv_bias,
+                                  attn_drop_rate, drop_rate)
+        self.drop_path = DropPath(drop_path_rate)
+        self.norm2 = nn.LayerNorm(embed_dims, eps=norm_eps)
+        self.mlp = BEiTMlp(embed_dims, feedforward_channels, drop_rate)
+        if layer_scale_init_value > 0:
+            self.gamma_1 = nn.Parameter(torch.full((embed_dims, ), layer_scale_init_value))
+            self.gamma_2 = nn.Parameter(torch.full((embed_dims, ), layer_scale_init_value))
+        else:
+            self.gamma_1 = self.gamma_2 = None
+
+    def forward(self, x: torch.Tensor, rel_pos_bias: Optional[torch.Tensor] = None,
+                return_attn: bool = False):
+        """x [B, N+1, D]; optional shared ``rel_pos_bias`` [nH, N+1, N+1]. With
+        ``return_attn`` returns (x, attention map [B, nH, N+1, N+1])."""
+        y = self.attn(self.norm1(x), rel_pos_bias, return_attn)
+        if return_attn:
+            y, attn = y
+        x = x + self.drop_path(y if self.gamma_1 is None else self.gamma_1 * y)
+        y = self.mlp(self.norm2(x))
+        x = x + self.drop_path(y if self.gamma_2 is None else self.gamma_2 * y)
+        return (x, attn) if return_attn else x
+
+    @torch.no_grad()
+    def rescale_(self, layer_id: int) -> None:
+        """Divide attn.proj.weight and mlp.fc2.weight by sqrt(2 * layer_id) (spec 1.6)."""
+        self.attn.proj.weight.div_(math.sqrt(2.0 * layer_id))
+        self.mlp.fc2.weight.div_(math.sqrt(2.0 * layer_id))
+
+
+class PatchEmbed(nn.Module):
+    """Conv2d(in, D, k=p, s=p) patch embedding (key ``patch_embed.proj``)."""
+
+    def __init__(self, in_channels: int, embed_dims: int, patch_size: int):
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, embed_dims, patch_size, patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)  # [B, D, H/p, W/p]
+
+
+@MODELS.register_module()
+class BEiTViT(BaseModule):
+    """BEiT / BEiT v2 ViT backbone (spec section 1; keys per docs/contracts.md).
+
+    Args:
+        arch (str | dict): 'tiny', 'small', 'base', 'large' (or t/s/b/l), or a dict with
+            embed_dims, num_layers, num_heads, feedforward_channels.
+        img_size (int | tuple): input (H, W). patch_size, in_channels: patch embedding.
+        use_abs_pos_emb (bool): learnable absolute ``pos_embed`` [1, N+1, D].
+        rel_pos_bias ('per_layer' | 'shared' | None): relative position tables.
+        qv_bias (bool): learnable q/v biases. layer_scale_init_value (float): 0 disables.
+        drop_path_rate (float): stochastic depth, linspace(0, rate, L) over blocks.
+        out_indices (int | Sequence[int]): blocks whose output is returned (negative ok).
+        out_type: 'cls_token' [B, D] (needs final_norm), 'avg_featmap' [B, D]
+            (fc_norm of the mean patch token), 'featmap' [B, D, H/p, W/p], 'raw' [B, N+1, D].
+        final_norm (bool): LN ``norm`` on the last block's output.
+        use_mask_token (bool): learnable ``mask_token`` used by ``forward(x, mask)``.
+        frozen_stages (int): -1 none; 0 embeddings; k also blocks 0..k-1 (kept in eval);
+            L also the final norms and the shared relative table.
+        with_cp (bool): activation checkpointing per block during training.
+    """
+    arch_zoo = {
+        **dict.fromkeys(['t', 'tiny'], dict(embed_dims=192, num_layers=12, num_heads=3,
+                                            feedforward_channels=768)),
+        **dict.fromkeys(['s', 'small'], dict(embed_dims=384, num_layers=12, num_heads=6,
+                                             feedforward_channels=1536)),
+        **dict.fromkeys(['b', 'base'], dict(embed_dims=768, num_layers=12, num_heads=12,
+                                            feedforward_channels=3072)),
+        **dict.fromkeys(['l', 'large'], dict(embed_dims=1024, num_layers=24, num_heads=16,
+                                             feedforward_channels=4096)),
+    }
+    out_types = ('cls_token', 'avg_featmap', 'featmap', 'raw')
+
+    def __init__(self, arch: Union[str, dict] = 'base', img_size=224, patch_size: int = 16,
+                 in_channels: int = 3, use_abs_pos_emb: bool = False,
+                 rel_pos_bias: Optional[str] = 'per_layer', qv_bias: bool = True,
+                 layer_scale_init_value: float = 0.1, drop_rate: float = 0.,
+                 attn_drop_rate: float = 0., drop_path_rate: float = 0.,
+                 out_indices: Union[int, Sequence[int]] = -1, out_type: str = 'avg_featmap',
+                 final_norm: bool = False, use_mask_token: bool = False,
+                 frozen_stages: int = -1, with_cp: bool = False, norm_eps: float = 1e-6,
+                 init_cfg: Optional[Union[dict, List[dict]]] = None):
+        super().__init__(init_cfg=init_cfg)
+        if isinstance(arch, str):
+            if arch.lower() not in self.arch_zoo:
+                raise KeyError(f'unknown arch {arch!r}; choose from {set(self.arch_zoo)}')
+            arch = self.arch_zoo[arch.lower()]
+        needed = {'embed_dims', 'num_layers', 'num_heads', 'feedforward_channels'}
+        if not isinstance(arch, dict) or not needed <= set(arch):
+            raise ValueError(f'a custom arch must be a dict with keys {sorted(needed)}')
+        self.embed_dims = arch['embed_dims']
+        self.num_layers = arch['num_layers']
+        self.num_heads = arch['num_heads']
+        if rel_pos_bias not in ('per_layer', 'shared', None):
+            raise ValueError(f"rel_pos_bias must be 'per_layer', 'shared' or None, "
+                             f'got {rel_pos_bias!r}')
+        if out_type not in self.out_types:
+            raise ValueError(f'out_type must be one of {self.out_types}, got {out_type!r}')
+        if out_type == 'cls_token' and not final_norm:
+            raise ValueError("out_type='cls_token' needs final_norm=True")
+        self.img_size = to_2tuple(img_size)
+        self.patch_size = patch_size
+        self.patch_resolution = (self.img_size[0] // patch_size, self.img_size[1] // patch_size)
+        self.num_patches = self.patch_resolution[0] * self.patch_resolution[1]
+        self.rel_pos_mode = rel_pos_bias
+        self.out_type = out_type
+        self.final_norm = final_norm
+        self.with_cp = with_cp
+        self.frozen_stages = frozen_stages
+
+        dims = self.embed_dims
+        self.patch_embed = PatchEmbed(in_channels, dims, patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dims))
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dims)) if use_mask_token else None
+        self.pos_embed = nn.Parameter(
+            torch.zeros(1, self.num_patches + 1, dims)) if use_abs_pos_emb else None
+        self.pos_drop = nn.Dropout(drop_rate)
+        self.rel_pos_bias = RelativePositionBias(
+            self.patch_resolution, self.num_heads) if rel_pos_bias == 'shared' else None
+        dpr = torch.linspace(0, drop_path_rate, self.num_layers).tolist()
+        window = self.patch_resolution if rel_pos_bias == 'per_layer' else None
+        self.blocks = nn.ModuleList([
+            BEiTBlock(dims, self.num_heads, arch['feedforward_channels'], window, qv_bias,
+                      layer_scale_init_value, dpr[i], drop_rate, attn_drop_rate, norm_eps)
+            for i in range(self.num_layers)
+        ])
+        self.norm = nn.LayerNorm(dims, eps=norm_eps) if final_norm else None
+        self.fc_norm = nn.LayerNorm(dims, eps=norm_eps) if out_type == 'avg_featmap' else None
+
+        if isinstance(out_indices, int):
+            out_indices = [out_indices]
+        indices = []
+        for idx in out_indices:
+            real = idx + self.num_layers if idx < 0 else idx
+            if not 0 <= real < self.num_layers:
+                raise IndexError(f'out index {idx} out of range for {self.num_layers} layers')
+            indices.append(real)
+        self.out_indices = sorted(set(indices))
+        self._freeze_stages()
+
+    # ------------------------------------------------------------------ init / freezing
+    def init_weights(self) -> None:
+        """Pretraining init (spec 1.6), or BaseModule's init when ``init_cfg`` is given
+        (e.g. ``dict(type='Pretrained', checkpoint=..., prefix='backbone.')``)."""
+        if self.init_cfg is not None:
+            super().init_weights()
+            return
+        beit_init_weights_(self)
+        for p in (self.cls_token, self.mask_token, self.pos_embed):
+            if p is not None:
+                nn.init.trunc_normal_(p, std=0.02, a=-0.02, b=0.02)
+        for m in self.modules():
+            table = getattr(m, 'relative_position_bias_table', None)
+            if isinstance(table, nn.Parameter):
+                nn.init.zeros_(table)
+        for i, blk in enumerate(self.blocks):
+            blk.rescale_(i + 1)
+        self._is_init = True
+
+    def _frozen_modules(self) -> List[nn.Module]:
+        if self.frozen_stages < 0:
+            return []
+        mods = [self.patch_embed] + list(self.blocks[:self.frozen_stages])
+        if self.frozen_stages >= self.num_layers:
+            mods += [m for m in (self.norm, self.fc_norm, self.rel_pos_bias) if m is not None]
+        return mods
+
+    def _freeze_stages(self) -> None:
+        if self.frozen_stages < 0:
+            return
+        for p in (self.cls_token, self.mask_token, self.pos_embed):
+            if p is not None:
+                p.requires_grad = False
+        for m in self._frozen_modules():
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad = False
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode:
+            for m in self._frozen_modules():
+                m.eval()
+        return self
+
+    # ------------------------------------------------------------------ forward
+    def _embed(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        x = self.patch_embed(x)  # [B, D, Hp, Wp]
+        grid = tuple(x.shape[-2:])
+        if grid != self.patch_resolution and (self.pos_embed is not None
+                                              or self.rel_pos_mode is not None):
+            raise ValueError(f'input patch grid {grid} differs from the model grid '
+                             f'{self.patch_resolution} (img_size={self.img_size}); '
+                             'build the model for this size and load through the load path')
+        x = x.flatten(2).transpose(1, 2)  # [B, N, D]
+        b, n, _ = x.shape
+        if mask is not None:
+            if self.mask_token is None:
+                raise ValueError('a mask was given but the model has no mask token; '
+                                 'build it with use_mask_token=True')
+            if tuple(mask.shape) not in ((b, n), (b, ) + grid):
+                raise ValueError(f'mask must have shape [B, N] = {[b, n]} or [B, Hp, Wp] = '
+                                 f'{[b, *grid]}, got {list(mask.shape)}')
+            w = mask.reshape(b, n, 1).to(x.dtype)  # [B, N, 1]
+            x = x * (1. - w) + self.mask_token.to(x.dtype) * w
+        x = torch.cat([self.cls_token.expand(b, -1, -1), x], dim=1)  # [B, N+1, D]
+        if self.pos_embed is not None:
+            x = x + self.pos_embed
+        return self.pos_drop(x)
+
+    def _format_output(self, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+        if self.out_type == 'raw':
+            return x  # [B, N+1, D]
+        if self.out_type == 'cls_token':
+            return x[:, 0]  # [B, D]
+        patches = x[:, 1:]  # [B, N, D]
+        if self.out_type == 'featmap':
+            b, _, d = patches.shape
+            return patches.reshape(b, *grid, d).permute(0, 3, 1, 2)  # [B, D, Hp, Wp]
+        return self.fc_norm(patches.mean(dim=1))  # [B, D]
+
+    def forward(self, x: torch.Tensor,
+                mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, ...]:
+        """x [B, C, H, W], optional bool ``mask`` [B, N] (or [B, Hp, Wp]) of patches to
+        replace by the mask token. Returns one output per out index (see ``out_type``);
+        ``norm`` is applied to the last block's output when ``final_norm``."""
+        grid = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
+        x = self._embed(x, mask)
+        shared = self.rel_pos_bias() if self.rel_pos_bias is not None else None
+        outs = []
+        for i, blk in enumerate(self.blocks):
+            if self.with_cp and self.training:
+                x = cp.checkpoint(blk, x, shared, use_reentrant=False)
+            else:
+                x = blk(x, shared)
+            if i == self.num_layers - 1 and self.norm is not None:
+                x = self.norm(x)
+            if i in self.out_indices:
+                outs.append(self._format_output(x, grid))
+        return tuple(outs)
+
+    def get_attention_maps(self, x: torch.Tensor,
+                           mask: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+        """Attention probabilities of every block, each [B, nH, N+1, N+1], computed with
+        the explicit softmax(q k^T * scale + bias) path (for visualisation)."""
+        x = self._embed(x, mask)
+        shared = self.rel_pos_bias() if self.rel_pos_bias is not None else None
+        maps = []
+        for blk in self.blocks:
+            x, attn = blk(x, shared, return_attn=True)
+            maps.append(attn)
+        return maps
+
+    # ------------------------------------------------------------------ layer decay
+    def get_layer_depth(self, name: str, prefix: str = '') -> int:
+        """Layer id for layer-wise lr decay (docs/contracts.md): 0 for cls_token,
+        mask_token, pos_embed, patch_embed.*; i+1 for blocks.i.*; L+1 otherwise."""
+        if prefix and name.startswith(prefix):
+            name = name[len(prefix):]
+        if name in ('cls_token', 'mask_token', 'pos_embed') or name.startswith('patch_embed'):
+            return 0
+        if name.startswith('blocks.'):
+            return int(name.split('.')[1]) + 1
+        return self.num_layers + 1
+
+    # ------------------------------------------------------------------ load path
+    def adapt_state_dict(self, state_dict: Dict[str, torch.Tensor],
+                         prefix: str = '') -> Dict[str, torch.Tensor]:
+        """Return a copy of ``state_dict`` transformed for this model by the load path
+        (see :func:`adapt_beit_state_dict_`); keys under other prefixes are kept."""
+        out = OrderedDict(state_dict)
+        adapt_beit_state_dict_(self, out, prefix)
+        return out
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
+                              missing_keys, unexpected_keys, error_msgs):
+        adapt_beit_state_dict_(self, state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                      missing_keys, unexpected_keys, error_msgs)
+
+
+# ---------------------------------------------------------------------------------------
+# Load path (docs/contracts.md, spec 1.8)
+# ---------------------------------------------------------------------------------------
+_BLOCK_TABLE = re.compile(r'blocks\.\d+\.attn\.relative_position_bias_table')
+
+
+def _grid_from_num_patches(num: int, like: Tuple[int, int]) -> Tuple[int, int]:
+    """A (H, W) grid with H*W = num: square if possible, else the aspect closest to like."""
+    side = math.isqrt(num)
+    if side * side == num:
+        return (side, side)
+    cands = [(h, num // h) for h in range(1, num + 1) if num % h == 0]
+    return min(cands, key=lambda g: abs(math.log(g[0] / g[1]) - math.log(like[0] / like[1])))
+
+
+def adapt_beit_state_dict_(model: BEiTViT, state_dict: Dict[str, torch.Tensor],
+                           prefix: str = '') -> None:
+    """Transform ``state_dict`` IN PLACE so that ``model`` can load it (keys under
+    ``prefix``; other keys are not touched). Steps, each logged:
+
+    1. drop every ``*relative_position_index`` (non-persistent, rebuilt from the grid);
+    2. shared table -> per-layer tables when the model is per-layer (spec 1.8(b)); if
+       the checkpoint has per-layer tables while the model wants a shared one, raise;
+    3. resize relative tables (geometric bicubic) and ``pos_embed`` (bicubic) whose grid
+       differs from the model's; the source grid is taken as square when it can be;
+    4. drop ``mask_token`` / ``norm.*`` when the model has none.
+
+    Anything else that does not fit is left for the strict check to report.
+    """
+    notes = []
+    grid = model.patch_resolution
+    index_keys = [k for k in state_dict
+                  if k.startswith(prefix) and k.endswith('relative_position_index')]
+    for k in index_keys:
+        del state_dict[k]
+    if index_keys:
+        notes.append(f'dropped {len(index_keys)} relative_position_index key(s): '
+                     'non-persistent buffers rebuilt from the patch grid')
+
+    shared_key = prefix + 'rel_pos_bias.relative_position_bias_table'
+    layer_keys = [k for k in state_dict
+                  if k.startswith(prefix) and _BLOCK_TABLE.fullmatch(k[len(prefix):])]
+    if model.rel_pos_mode == 'per_layer' and shared_key in state_dict:
+        table = state_dict.pop(shared_key)
+        if layer_keys:
+            notes.append(f'dropped {shared_key}: the checkpoint also has per-layer tables')
+        else:
+            for i in range(model.num_layers):
+                state_dict[f'{prefix}blocks.{i}.attn.relative_position_bias_table'] = \
+                    table.clone()
+            notes.append(f'expanded the shared {shared_key} into {model.num_layers} '
+                         'per-layer tables blocks.i.attn.relative_position_bias_table')
+    elif model.rel_pos_mode == 'shared' and layer_keys:
+        raise ValueError(
+            f'the checkpoint has per-layer relative position tables ({layer_keys[0]}, ...) '
+            "but the model uses one shared table (rel_pos_bias='shared'); per-layer tables "
+            "cannot be merged into a shared one: build the model with "
+            "rel_pos_bias='per_layer'")
+
+    src_grid = None
+    if model.rel_pos_mode is not None:
+        want = rel_pos_table_len(grid)
+        table_keys = [shared_key] if model.rel_pos_mode == 'shared' else [
+            f'{prefix}blocks.{i}.attn.relative_position_bias_table'
+            for i in range(model.num_layers)]
+        resized = []
+        for k in table_keys:
+            t = state_dict.get(k)
+            if t is None or t.ndim != 2 or t.shape[0] == want or t.shape[1] != model.num_heads:
+                continue
+            src_grid = grid_from_table_len(t.shape[0], like=grid)
+            state_dict[k] = resize_rel_pos_table(t, src_grid, grid)
+            resized.append(k)
+        if resized:
+            notes.append(f'resized {len(resized)} relative position table(s) from grid '
+                         f'{src_grid} to {grid} (geometric-progression bicubic)')
+
+    pos_key = prefix + 'pos_embed'
+    pos = state_dict.get(pos_key)
+    if (model.pos_embed is not None and pos is not None and pos.ndim == 3
+            and pos.shape[1] != model.num_patches + 1 and pos.shape[2] == model.embed_dims):
+        num = pos.shape[1] - 1
+        src = src_grid if src_grid and src_grid[0] * src_grid[1] == num else \
+            _grid_from_num_patches(num, grid)
+        state_dict[pos_key] = resize_pos_embed(pos, src, grid)
+        notes.append(f'resized {pos_key} from grid {src} to {grid} (bicubic)')
+
+    if model.mask_token is None and state_dict.pop(prefix + 'mask_token', None) is not None:
+        notes.append(f'dropped {prefix}mask_token: the model has no mask token '
+                     '(use_mask_token=False)')
+    if model.norm is None:
+        norm_keys = [prefix + 'norm.weight', prefix + 'norm.bias']
+        popped = [state_dict.pop(k) for k in norm_keys if k in state_dict]
+        if popped:
+            notes.append(f'dropped {prefix}norm.*: the model has no final norm '
+                         '(final_norm=False; a mean-pooling model uses fc_norm instead)')
+    for note in notes:
+        print_log(f'BEiTViT load: {note}', logger='current')

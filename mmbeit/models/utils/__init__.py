@@ -1,0 +1,20 @@
+"""Model building blocks shared by mmbeit's backbones, necks and heads."""
+from .rel_pos import (
+    RelativePositionBias,
+    build_relative_position_index,
+    cubic_spline_matrix,
+    gather_rel_pos_bias,
+    geometric_axis,
+    geometric_ratio,
+    grid_from_table_len,
+    rel_pos_table_len,
+    resize_pos_embed,
+    resize_rel_pos_table,
+    to_2tuple,
+)
+
+__all__ = [
+    'RelativePositionBias', 'build_relative_position_index', 'cubic_spline_matrix',
+    'gather_rel_pos_bias', 'geometric_axis', 'geometric_ratio', 'grid_from_table_len',
+    'rel_pos_table_len', 'resize_pos_embed', 'resize_rel_pos_table', 'to_2tuple'
+]
