@@ -1,7 +1,7 @@
 # Demo: a tiny BEiT ViT classifier trained from scratch on the bundled demo data, on a CPU
 # in a couple of minutes. The same pieces as the real fine-tuning configs: mmbeit's
 # BEiTViT (per-layer relative position bias, LayerScale, mean pooling through fc_norm)
-# inside mmpretrain's ImageClassifier, mmbeit's layer-decay optimizer constructor,
+# inside mmpretrain's ImageClassifier, mmbeit's optimizer constructor,
 # mmpretrain's ImageNet reader, transforms and accuracy metric.
 _base_ = [
     '../_base_/datasets/demo_imagenet_64.py',
@@ -33,8 +33,10 @@ model = dict(
 optim_wrapper = dict(
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=2e-3, weight_decay=0.05, betas=(0.9, 0.999)),
+    # The constructor's no-weight-decay rules (biases, norms, pos_embed, cls_token); no
+    # layer-wise decay for a model trained from scratch (fine-tuning configs use 0.65).
     constructor='LayerDecayOptimWrapperConstructor',
-    paramwise_cfg=dict(layer_decay_rate=0.75),
+    paramwise_cfg=dict(layer_decay_rate=1.0),
     clip_grad=dict(max_norm=5.0),
 )
 max_epochs = 30

@@ -193,3 +193,29 @@ def test_unilm_unknown_key_is_named():
     sd['backbone.fpn3.0.weight'] = torch.zeros(3)  # fpn3 has no parameters in unilm
     with pytest.raises(ValueError, match=r"\['backbone.fpn3.0.weight', 'blocks.1.attn"):
         convert(sd, 'timm')
+
+
+@pytest.mark.parametrize('init_values', [0.1, 1e-5])
+def test_timm_classifier_logits_after_loading_at_384(init_values):
+    """A 224 timm classifier, converted, loaded by our load path into a 384 backbone
+    (geometric rel-pos resize); timm's 384 model given the same resized weights (and the
+    same head) must produce the same logits."""
+    base = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.,
+                use_abs_pos_emb=False, use_rel_pos_bias=True, init_values=init_values,
+                global_pool='avg', num_classes=10)
+    ref224 = _perturb(timm_beit.Beit(img_size=224, **base), seed=2)
+    out, _ = convert(ref224.state_dict(), 'timm')
+    ours = BEiTViT(arch='base', img_size=384, out_type='avg_featmap',
+                   layer_scale_init_value=init_values).eval()
+    ours.load_state_dict(_strip(out, 'backbone.'), strict=True)    # resizes 27x27 -> 47x47
+    assert ours.blocks[0].attn.relative_position_bias_table.shape == (47 * 47 + 3, 12)
+    ref384 = timm_beit.Beit(img_size=384, **base).eval()
+    resized = dict(ours.state_dict(), **{'head.weight': out['head.fc.weight'],
+                                         'head.bias': out['head.fc.bias']})
+    missing, unexpected = ref384.load_state_dict(resized, strict=False)
+    assert not unexpected and all('relative_position_index' in k for k in missing)
+    x = torch.randn(1, 3, 384, 384)
+    with torch.no_grad():
+        diff = (_logits(ours, out, x) - ref384(x)).abs().max().item()
+    print(f'384 logits (init_values={init_values}): max abs diff {diff:.3g}')
+    assert diff < 1e-5

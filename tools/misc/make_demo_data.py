@@ -9,8 +9,9 @@ Two layouts, the ones mmbeit reads for real data:
     OUT/imagenet/meta/val.txt     OUT/imagenet/meta/classes.txt (one class name a line)
 
   Each image shows one shape of its class (circle, square, triangle, ...) at a random
-  place, size, angle and colour over a random smooth background with noise, so the class
-  is in the shape, not in a colour statistic.
+  place, size and small tilt over a random smooth background with noise, filled with
+  the class's texture (solid, stripes, checker, ...) in two random colours: the class
+  shows globally (shape) and locally (texture), never in a colour statistic.
 
 * ADE20K layout (segmentation)::
 
@@ -46,10 +47,13 @@ SEG_CLASSES = ('wall', 'floor') + SHAPES[:6]
 
 
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """A smooth random colour field plus pixel noise, [H, W, 3] float in [0, 255]."""
-    coarse = rng.uniform(0, 255, size=(3, 3, 3)).astype(np.float32)
+    """A smooth random colour field around a random grey plus pixel noise, [H, W, 3]
+    float in [0, 255]: varied enough that colour says nothing about the class, calm
+    enough that the shape stands out."""
+    grey = rng.uniform(60, 196)
+    coarse = (grey + rng.uniform(-45, 45, size=(3, 3, 3))).astype(np.float32)
     field = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
-    field += rng.normal(0, 12, size=(h, w, 3)).astype(np.float32)
+    field += rng.normal(0, 6, size=(h, w, 3)).astype(np.float32)
     return np.clip(field, 0, 255)
 
 
@@ -61,7 +65,8 @@ def _shape_mask(shape: str, rng: np.random.Generator, h: int, w: int,
     if centre is None:
         centre = (rng.uniform(s, w - s), rng.uniform(s, h - s))
     cx, cy = centre
-    angle = rng.uniform(0, np.pi)
+    # Small tilts only: a square turned by 45 degrees would look like a diamond.
+    angle = rng.uniform(-0.4, 0.4)
     rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
 
     def poly(points):
@@ -92,14 +97,53 @@ def _shape_mask(shape: str, rng: np.random.Generator, h: int, w: int,
     return m
 
 
-def _paint(img: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> None:
-    """Fill `mask` in `img` with a random colour that differs from what is under it."""
-    under = img[mask > 0].mean(0) if mask.any() else np.full(3, 128.0)
+# One fill texture per shape class (period about 6 px at 96 px, i.e. within one patch
+# of the demo models), so that the class shows both globally (shape) and locally
+# (texture). The texture mixes two random colours: colour still says nothing.
+TEXTURES = ('solid', 'hstripes', 'vstripes', 'diag', 'antidiag', 'checker', 'dots', 'grid')
+
+
+def _texture(kind: str, h: int, w: int, period: int = 6) -> np.ndarray:
+    """A [H, W] float mask in {0, 1}: where the second colour of a fill goes."""
+    y, x = np.mgrid[0:h, 0:w]
+    half = period // 2
+    if kind == 'solid':
+        return np.zeros((h, w))
+    if kind == 'hstripes':
+        return (y % period < half).astype(float)
+    if kind == 'vstripes':
+        return (x % period < half).astype(float)
+    if kind == 'diag':
+        return ((x + y) % period < half).astype(float)
+    if kind == 'antidiag':
+        return ((x - y) % period < half).astype(float)
+    if kind == 'checker':
+        return ((x // half + y // half) % 2).astype(float)
+    if kind == 'dots':
+        return (((x % period) - half) ** 2 + ((y % period) - half) ** 2 <= 2).astype(float)
+    if kind == 'grid':
+        return ((x % period == 0) | (y % period == 0)).astype(float)
+    raise ValueError(f'unknown texture {kind!r}')
+
+
+def _contrasting(rng: np.random.Generator, other: np.ndarray, min_l1: float) -> np.ndarray:
     colour = rng.uniform(0, 255, 3)
-    while np.abs(colour - under).sum() < 150:
+    while np.abs(colour - other).sum() < min_l1:
         colour = rng.uniform(0, 255, 3)
-    shade = rng.normal(0, 8, size=img.shape).astype(np.float32)
-    img[mask > 0] = np.clip(colour + shade[mask > 0], 0, 255)
+    return colour
+
+
+def _paint(img: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
+           texture: str = 'solid') -> None:
+    """Fill `mask` in `img` with `texture` in two random colours that stand out from
+    what is under it."""
+    under = img[mask > 0].mean(0) if mask.any() else np.full(3, 128.0)
+    first = _contrasting(rng, under, 200)
+    second = _contrasting(rng, first, 200)
+    pattern = _texture(texture, *img.shape[:2])[..., None]          # [H, W, 1]
+    fill = first * (1 - pattern) + second * pattern                  # [H, W, 3]
+    fill += rng.normal(0, 8, size=img.shape)
+    img[mask > 0] = np.clip(fill[mask > 0], 0, 255)
 
 
 def _write(path: str, img: np.ndarray) -> None:
@@ -118,7 +162,7 @@ def make_imagenet(out: str, rng: np.random.Generator, per_class: dict, size: int
             os.makedirs(osp.join(out, split, name), exist_ok=True)
             for i in range(n):
                 img = _background(rng, size, size)
-                _paint(img, _shape_mask(name, rng, size, size), rng)
+                _paint(img, _shape_mask(name, rng, size, size), rng, TEXTURES[label])
                 rel = f'{name}/{name}_{i:04d}.png'
                 _write(osp.join(out, split, rel), img.astype(np.uint8)[..., ::-1])
                 lines.append(f'{rel} {label}')
@@ -146,7 +190,7 @@ def make_ade20k(out: str, rng: np.random.Generator, counts: dict, size: int) -> 
                 k = int(rng.integers(0, 6))
                 m = _shape_mask(SHAPES[k], rng, size, size,
                                 size=rng.uniform(0.12, 0.22) * size)
-                _paint(img, m, rng)
+                _paint(img, m, rng, TEXTURES[k])
                 band = cv2.dilate(m, np.ones((3, 3), np.uint8)) - cv2.erode(
                     m, np.ones((3, 3), np.uint8))
                 seg[m > 0] = 3 + k
