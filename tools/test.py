@@ -8,10 +8,9 @@ import os
 import os.path as osp
 import sys
 
-from mmengine.config import Config, ConfigDict, DictAction
-from mmengine.runner import Runner
+from mmengine.config import ConfigDict, DictAction
 
-from mmbeit.engine.runtime import prepare_runtime, shutdown_distributed
+from mmbeit.engine.runtime import load_config, run
 
 
 def parse_args(argv=None):
@@ -39,14 +38,7 @@ def main(argv=None) -> int:
             sys.exit(f'test.py: {what} file {path!r} does not exist')
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
         sys.exit(f'test.py: --out must name a .pkl file, got {args.out!r}')
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = load_config(args.config, args.launcher, args.cfg_options, args.work_dir)
     if cfg.get('test_dataloader') is None or cfg.get('test_evaluator') is None:
         sys.exit(f'test.py: {args.config} defines no test_dataloader / test_evaluator')
     cfg.load_from, cfg.resume = args.checkpoint, False
@@ -55,12 +47,7 @@ def main(argv=None) -> int:
         evaluator = cfg.test_evaluator
         cfg.test_evaluator = (list(evaluator) if isinstance(evaluator, (list, tuple))
                               else [evaluator]) + [dump]
-    prepare_runtime(cfg, args.launcher)
-    try:
-        runner = Runner.from_cfg(cfg)
-        runner.test()
-    finally:
-        shutdown_distributed()
+    run(cfg, 'test')
     return 0
 
 

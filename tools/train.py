@@ -10,9 +10,8 @@ import os.path as osp
 import sys
 
 from mmengine.config import Config, DictAction
-from mmengine.runner import Runner
 
-from mmbeit.engine.runtime import check_work_dir, prepare_runtime, shutdown_distributed
+from mmbeit.engine.runtime import check_work_dir, load_config, run
 
 
 def parse_args(argv=None):
@@ -44,13 +43,6 @@ def parse_args(argv=None):
 
 
 def merge_args(cfg: Config, args) -> Config:
-    cfg.launcher = args.launcher
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
     if args.amp:
         wrapper = cfg.optim_wrapper
         if wrapper.get('type', 'OptimWrapper') not in ('AmpOptimWrapper',
@@ -75,14 +67,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if not osp.isfile(args.config):
         sys.exit(f'train.py: config file {args.config!r} does not exist')
-    cfg = merge_args(Config.fromfile(args.config), args)
+    cfg = load_config(args.config, args.launcher, args.cfg_options, args.work_dir)
+    cfg = merge_args(cfg, args)
     check_work_dir(cfg.work_dir, cfg.get('resume', False), args.overwrite)
-    prepare_runtime(cfg, args.launcher)
-    try:
-        runner = Runner.from_cfg(cfg)
-        runner.train()
-    finally:
-        shutdown_distributed()
+    run(cfg, 'train')
     return 0
 
 

@@ -30,7 +30,7 @@ from mmengine.config import Config, ConfigDict
 from mmengine.logging import print_log
 
 __all__ = ['prepare_runtime', 'shutdown_distributed', 'check_work_dir', 'replace_sync_bn',
-           'slurm_env']
+           'slurm_env', 'load_config', 'run']
 
 
 def slurm_env(environ=os.environ) -> dict:
@@ -125,6 +125,30 @@ def prepare_runtime(cfg: Config, launcher: str = 'none') -> Config:
         if cfg.get('env_cfg', {}).get('sync_bn'):
             cfg.env_cfg.sync_bn = None
     return cfg
+
+
+def load_config(path: str, launcher: str, cfg_options=None, work_dir=None) -> Config:
+    """Read a config and apply the flags train.py and test.py share."""
+    cfg = Config.fromfile(path)
+    cfg.launcher = launcher
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(path))[0])
+    return cfg
+
+
+def run(cfg: Config, method: str) -> None:
+    """Prepare this machine, build the Runner from ``cfg`` and call ``runner.<method>()``;
+    the process group, if any, is closed however that ends."""
+    from mmengine.runner import Runner
+    prepare_runtime(cfg, cfg.get('launcher', 'none'))
+    try:
+        getattr(Runner.from_cfg(cfg), method)()
+    finally:
+        shutdown_distributed()
 
 
 def shutdown_distributed() -> None:
