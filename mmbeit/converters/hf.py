@@ -26,6 +26,13 @@ Names come from transformers' ``modeling_beit.py`` and ``convert_beit_unilm_to_p
   real converted checkpoint.
 
 ``relative_position_index`` buffers (stored by older transformers versions) are dropped.
+
+transformers 5.x renamed the encoder (read from a real ``BeitForImageClassification`` /
+``BeitForMaskedImageModeling`` of transformers 5.23): ``layers.i.attention.{q,k,v}_proj``
+(no k bias) and ``o_proj``, ``layers.i.mlp.fc1/fc2``, ``layers.i.relative_position_bias.
+relative_position_bias_table`` and the shared ``shared_position_bias.relative_position_
+bias_table``; embeddings, ``layernorm_*``, ``lambda_*``, pooler and heads are unchanged.
+Both layouts are accepted.
 """
 import re
 
@@ -34,6 +41,7 @@ import torch
 from .common import REASON_K_BIAS, REASON_REL_INDEX, ConversionError, Mapping
 
 _LAYER = re.compile(r'encoder\.layer\.(\d+)\.(.+)')
+_LAYER_V5 = re.compile(r'layers\.(\d+)\.(.+)')
 _LAYER_RENAMES = {
     'layernorm_before.weight': 'norm1.weight', 'layernorm_before.bias': 'norm1.bias',
     'layernorm_after.weight': 'norm2.weight', 'layernorm_after.bias': 'norm2.bias',
@@ -47,6 +55,16 @@ _LAYER_RENAMES = {
     'output.dense.weight': 'mlp.fc2.weight', 'output.dense.bias': 'mlp.fc2.bias',
     'lambda_1': 'gamma_1', 'lambda_2': 'gamma_2',
 }
+_LAYER_RENAMES_V5 = {
+    'layernorm_before.weight': 'norm1.weight', 'layernorm_before.bias': 'norm1.bias',
+    'layernorm_after.weight': 'norm2.weight', 'layernorm_after.bias': 'norm2.bias',
+    'attention.q_proj.bias': 'attn.q_bias', 'attention.v_proj.bias': 'attn.v_bias',
+    'relative_position_bias.relative_position_bias_table': 'attn.relative_position_bias_table',
+    'attention.o_proj.weight': 'attn.proj.weight', 'attention.o_proj.bias': 'attn.proj.bias',
+    'mlp.fc1.weight': 'mlp.fc1.weight', 'mlp.fc1.bias': 'mlp.fc1.bias',
+    'mlp.fc2.weight': 'mlp.fc2.weight', 'mlp.fc2.bias': 'mlp.fc2.bias',
+    'lambda_1': 'gamma_1', 'lambda_2': 'gamma_2',
+}
 _MODEL_RENAMES = {
     'embeddings.cls_token': 'cls_token',
     'embeddings.mask_token': 'mask_token',
@@ -54,6 +72,8 @@ _MODEL_RENAMES = {
     'embeddings.patch_embeddings.projection.weight': 'patch_embed.proj.weight',
     'embeddings.patch_embeddings.projection.bias': 'patch_embed.proj.bias',
     'encoder.relative_position_bias.relative_position_bias_table':
+        'rel_pos_bias.relative_position_bias_table',
+    'shared_position_bias.relative_position_bias_table':                  # transformers 5
         'rel_pos_bias.relative_position_bias_table',
     'layernorm.weight': 'norm.weight', 'layernorm.bias': 'norm.bias',
     'pooler.layernorm.weight': 'fc_norm.weight', 'pooler.layernorm.bias': 'fc_norm.bias',
@@ -74,18 +94,29 @@ def _cat_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.cat([q, k, v], dim=0)
 
 
-def _map_layer(m: Mapping, key: str, prefix: str, idx: str, rest: str) -> None:
+# Per layout: (layer prefix, renames, rel-pos index name, q/k/v weight and k bias names)
+_LAYOUTS = {
+    'v4': ('encoder.layer.{}.', _LAYER_RENAMES,
+           'attention.attention.relative_position_bias.relative_position_index',
+           [f'attention.attention.{n}.weight' for n in _QKV], 'attention.attention.key.bias'),
+    'v5': ('layers.{}.', _LAYER_RENAMES_V5, 'relative_position_bias.relative_position_index',
+           [f'attention.{n}_proj.weight' for n in 'qkv'], 'attention.k_proj.bias'),
+}
+
+
+def _map_layer(m: Mapping, key: str, prefix: str, idx: str, rest: str, layout: str) -> None:
     dst = f'blocks.{idx}.'
-    if rest in _LAYER_RENAMES:
-        m.place(dst + _LAYER_RENAMES[rest], key)
-    elif rest == 'attention.attention.relative_position_bias.relative_position_index':
+    layer_prefix, renames, rel_index, qkv, k_bias = _LAYOUTS[layout]
+    if rest in renames:
+        m.place(dst + renames[rest], key)
+    elif rest == rel_index:
         m.drop(key, REASON_REL_INDEX)
-    elif rest == 'attention.attention.key.bias':
+    elif rest == k_bias:
         if m.sd[key].count_nonzero() != 0:
             raise ConversionError(f'{key} has non-zero values, but BEiT has no key bias')
         m.drop(key, REASON_K_BIAS)
-    elif rest == 'attention.attention.query.weight':
-        srcs = [f'{prefix}encoder.layer.{idx}.attention.attention.{n}.weight' for n in _QKV]
+    elif rest == qkv[0]:
+        srcs = [prefix + layer_prefix.format(idx) + n for n in qkv]
         if all(s in m.sd for s in srcs):  # otherwise all three stay unplaced
             m.place(dst + 'attn.qkv.weight', *srcs, fn=_cat_qkv)
 
@@ -109,9 +140,11 @@ def map_hf(m: Mapping) -> None:
                 m.place(f'{head.group(1)}.{rest}', key)
             continue
         name = key[len(prefix):]
-        layer = _LAYER.fullmatch(name)
+        layer, layout = _LAYER.fullmatch(name), 'v4'
+        if layer is None:
+            layer, layout = _LAYER_V5.fullmatch(name), 'v5'
         if layer is not None:
-            _map_layer(m, key, prefix, layer.group(1), layer.group(2))
+            _map_layer(m, key, prefix, layer.group(1), layer.group(2), layout)
         elif name in _MODEL_RENAMES:
             m.place(_MODEL_RENAMES[name], key)
         elif name == 'encoder.relative_position_bias.relative_position_index':

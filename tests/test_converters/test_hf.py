@@ -239,3 +239,23 @@ def test_real_transformers_beit_classifier():
         logits = torch.nn.functional.linear(ours(x)[0], out['head.fc.weight'],
                                             out['head.fc.bias'])
     torch.testing.assert_close(logits, ref, atol=1e-5, rtol=0)
+
+
+def test_real_transformers_beit_mim_model_is_a_pretraining_checkpoint():
+    transformers = pytest.importorskip('transformers')
+    cfg = transformers.BeitConfig(
+        image_size=48, patch_size=16, hidden_size=D, num_hidden_layers=2,
+        num_attention_heads=2, intermediate_size=64, use_shared_relative_position_bias=True,
+        use_mask_token=True, layer_scale_init_value=0.1, layer_norm_eps=1e-6)
+    hf_model = _randomize(transformers.BeitForMaskedImageModeling(cfg)).eval()
+    out, report = convert(hf_model.state_dict(), 'hf')
+    assert report.kind == 'pretrain'
+    assert torch.equal(out['head.lm_head.weight'], hf_model.lm_head.weight)
+    backbone = BEiTViT(arch=ARCH, img_size=48, patch_size=16, use_mask_token=True,
+                       rel_pos_bias='shared', final_norm=True, out_type='raw')
+    backbone.load_state_dict(_strip(out, 'backbone.'), strict=True)
+    layer0 = hf_model.beit.encoder.layer[0] if hasattr(hf_model.beit, 'encoder') else \
+        hf_model.beit.layers[0]
+    q = layer0.attention.q_proj.weight if hasattr(layer0.attention, 'q_proj') else \
+        layer0.attention.attention.query.weight
+    assert torch.equal(backbone.blocks[0].attn.qkv.weight[:D], q)

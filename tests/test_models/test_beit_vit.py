@@ -402,7 +402,7 @@ def test_pretrained_init_cfg(tmp_path):
 def test_registry_build():
     import mmbeit.models  # noqa: F401
     from mmbeit.registry import MODELS
-    model = MODELS.build(dict(type='BEiTViT', arch=TINY, img_size=32, patch_size=8,
+    model = MODELS.build(dict(type='mmbeit.BEiTViT', arch=TINY, img_size=32, patch_size=8,
                               out_type='featmap', out_indices=(0, 1)))
     assert isinstance(model, BEiTViT)
     outs = model(torch.randn(1, 3, 32, 32))
@@ -423,7 +423,7 @@ def test_load_into_mmpretrain_classifier():
     from mmengine.runner.checkpoint import load_state_dict as mm_load
     from mmpretrain.registry import MODELS as MP_MODELS
     clf = MP_MODELS.build(dict(
-        type='ImageClassifier',
+        type='ImageClassifier', _scope_='mmpretrain',
         backbone=dict(type='mmbeit.BEiTViT', arch=TINY, img_size=48, patch_size=8),
         head=dict(type='LinearClsHead', num_classes=5, in_channels=32)))
     assert isinstance(clf.backbone, BEiTViT)
