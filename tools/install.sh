@@ -121,8 +121,10 @@ if [[ "$(version_of mmcv)" != "$MMCV_VERSION" ]] || ! has_ops; then
     else
       export FORCE_CUDA=1
     fi
+    # --no-cache-dir: pip's own wheel cache is keyed by the sdist, not by the torch the ops
+    # were compiled against, and would hand back a build for another torch. Ours is keyed.
     MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" "$PY" -m pip wheel --quiet --no-deps \
-      --no-build-isolation "mmcv==$MMCV_VERSION" -w "$build_tmp" \
+      --no-cache-dir --no-build-isolation "mmcv==$MMCV_VERSION" -w "$build_tmp" \
       || die "building mmcv failed (see above). It needs a C++ compiler (apt-get install g++) and setuptools<82."
     mv "$build_tmp"/mmcv-*.whl "$wheel_dir"/   # moved whole: no half-written wheel in the cache
     rm -rf "$build_tmp"

@@ -44,14 +44,17 @@ def parse_args(argv=None):
 
 def merge_args(cfg: Config, args) -> Config:
     if args.amp:
+        import torch
+        if not torch.cuda.is_available():
+            raise SystemExit('train.py: --amp needs a CUDA GPU (mmengine\'s AmpOptimWrapper '
+                             'runs on CUDA only); on this machine train without --amp (fp32)')
         wrapper = cfg.optim_wrapper
-        if wrapper.get('type', 'OptimWrapper') not in ('AmpOptimWrapper',
-                                                       'mmbeit.AmpOptimWrapper'):
+        if wrapper.get('type', 'OptimWrapper') != 'AmpOptimWrapper':
             wrapper.type = 'AmpOptimWrapper'
             wrapper.setdefault('loss_scale', 'dynamic')
     if args.auto_scale_lr:
-        if 'auto_scale_lr' not in cfg or 'base_batch_size' not in cfg.auto_scale_lr:
-            raise ValueError(f'--auto-scale-lr: {args.config} has no '
+        if not cfg.get('auto_scale_lr') or 'base_batch_size' not in cfg.auto_scale_lr:
+            raise SystemExit(f'train.py: --auto-scale-lr: {args.config} has no '
                              f'auto_scale_lr=dict(base_batch_size=...) entry to scale from')
         cfg.auto_scale_lr.enable = True
     if args.no_validate:

@@ -148,7 +148,15 @@ def test_test_tool_refuses_a_crafted_checkpoint(tmp_path, demo_data):
 
 @pytest.mark.parametrize('args, message', [
     (['configs/nope.py'], "config file 'configs/nope.py' does not exist"),
+    (['{cfg}', '--amp'], '--amp needs a CUDA GPU'),
+    (['{cfg}', '--auto-scale-lr', '--cfg-options', 'auto_scale_lr=None'],
+     'has no auto_scale_lr=dict(base_batch_size=...)'),
 ])
-def test_train_tool_bad_input(args, message):
-    res = run_tool(['tools/train.py', *args], check=False)
+def test_train_tool_bad_input(args, message, tmp_path, demo_data):
+    if torch.cuda.is_available() and '--amp' in args:
+        pytest.skip('this machine has CUDA: --amp is valid here')
+    cfg = write_config(tmp_path, demo_data)
+    res = run_tool(['tools/train.py', *(a.format(cfg=cfg) for a in args), '--work-dir',
+                    tmp_path / 'work'], check=False)
     assert res.returncode != 0 and message in res.stderr
+    assert not (tmp_path / 'work').exists() or not any((tmp_path / 'work').glob('*.pth'))
