@@ -4,13 +4,12 @@ The checkpoint is read with weights-only unpickling (see ``mmbeit/engine/checkpo
 Multi-process: ``tools/dist_test.sh CONFIG CHECKPOINT N``.
 """
 import argparse
-import os
 import os.path as osp
 import sys
 
-from mmengine.config import ConfigDict, DictAction
+from mmengine.config import ConfigDict
 
-from mmbeit.engine.runtime import load_config, run
+from mmbeit.engine.runtime import add_config_args, load_config, parse_tool_args, run
 
 
 def parse_args(argv=None):
@@ -20,15 +19,8 @@ def parse_args(argv=None):
     parser.add_argument('--work-dir', help='where the evaluation logs go '
                         '(default: ./work_dirs/<config name>)')
     parser.add_argument('--out', help='dump the raw predictions to this pickle file')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config entries, e.g. test_dataloader.batch_size=8')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none',
-                        help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0,
-                        help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    add_config_args(parser, example='test_dataloader.batch_size=8')
+    return parse_tool_args(parser, argv)
 
 
 def main(argv=None) -> int:

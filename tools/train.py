@@ -5,13 +5,12 @@ The flags are the usual OpenMMLab ones; see ``--help``. Multi-process runs go th
 ``tools/slurm_train.sh``.
 """
 import argparse
-import os
 import os.path as osp
 import sys
 
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 
-from mmbeit.engine.runtime import check_work_dir, load_config, run
+from mmbeit.engine.runtime import add_config_args, check_work_dir, load_config, parse_tool_args, run
 
 
 def parse_args(argv=None):
@@ -31,15 +30,8 @@ def parse_args(argv=None):
     parser.add_argument('--overwrite', action='store_true',
                         help='allow writing over the checkpoints of an earlier run in the '
                         'work dir')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config entries, e.g. train_cfg.max_iters=10')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none',
-                        help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0,
-                        help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    add_config_args(parser, example='train_cfg.max_iters=10')
+    return parse_tool_args(parser, argv)
 
 
 def merge_args(cfg: Config, args) -> Config:

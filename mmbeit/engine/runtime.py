@@ -30,7 +30,7 @@ from mmengine.config import Config, ConfigDict
 from mmengine.logging import print_log
 
 __all__ = ['prepare_runtime', 'shutdown_distributed', 'check_work_dir', 'replace_sync_bn',
-           'slurm_env', 'load_config', 'run']
+           'slurm_env', 'load_config', 'run', 'add_config_args', 'parse_tool_args']
 
 
 def slurm_env(environ=os.environ) -> dict:
@@ -125,6 +125,26 @@ def prepare_runtime(cfg: Config, launcher: str = 'none') -> Config:
         if cfg.get('env_cfg', {}).get('sync_bn'):
             cfg.env_cfg.sync_bn = None
     return cfg
+
+
+def add_config_args(parser, example: str) -> None:
+    """The flags every tool shares: --cfg-options, --launcher (and torchrun's --local-rank)."""
+    import argparse
+
+    from mmengine.config import DictAction
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help=f'override config entries, e.g. {example}')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none',
+                        help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0,
+                        help=argparse.SUPPRESS)
+
+
+def parse_tool_args(parser, argv=None):
+    """Parse, and give older launchers' --local-rank to LOCAL_RANK as torchrun would."""
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
 
 
 def load_config(path: str, launcher: str, cfg_options=None, work_dir=None) -> Config:
