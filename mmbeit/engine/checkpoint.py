@@ -4,7 +4,7 @@ torch >= 2.6 unpickles with ``weights_only=True`` by default: a file can then ho
 tensors, containers and plain values, and a pickle crafted to run code is refused. Stock
 mmengine checkpoints hold a few more types (``HistoryBuffer`` objects and numpy arrays
 and scalars in ``message_hub`` / ``meta``), so ``--resume`` fails on torch 2.13, and the
-usual "fix" (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``) switches the protection off for
+usual "fix" (torch's environment switch that forces full unpickling) turns it off for
 every file, weights downloaded from strangers included.
 
 mmbeit keeps the protection on for every file and instead allow-lists exactly the types
