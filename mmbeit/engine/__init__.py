@@ -1,2 +1,2 @@
-"""mmbeit engine components (optimiser constructors, hooks)."""
+"""mmbeit engine components (optimizer wrapper constructors; checkpoint loading, runtime)."""
 from .optimizers import *  # noqa: F401,F403
