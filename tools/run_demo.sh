@@ -1,15 +1,24 @@
 #!/usr/bin/env bash
 # The main job of the README quick start, on the bundled demo data:
-#   bash tools/run_demo.sh
-# installs what is missing, writes the demo data (data/demo, once), then trains the
-# demo config on this machine (CPU or one GPU) into a fresh work dir and evaluates it.
+#   bash tools/run_demo.sh [extra tools/train.py options for every step]
+# installs what is missing, writes the demo data (data/demo, once), then, on this machine
+# (CPU or one GPU), into a fresh work dir:
+#   1. trains the demo VQ-KD tokenizer and reports its codebook usage on the val images;
+#   2. trains the demo classifier from scratch and evaluates it.
+# Pretraining and fine-tuning steps join as they land.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-python3}"
 cd "$ROOT"
 bash tools/install.sh
 "$PY" tools/misc/make_demo_data.py --out data/demo
-CONFIG=configs/demo/beit_vit-tiny-p8_scratch-30e_demo-64.py
 WORK_DIR="work_dirs/demo/$(date +%Y%m%d_%H%M%S)"
-"$PY" tools/train.py "$CONFIG" --work-dir "$WORK_DIR" "$@"
-echo "[run_demo] done: logs and checkpoints in $WORK_DIR"
+
+TOKENIZER_CFG=configs/demo/vqkd_vit-tiny-p8_random-teacher_20e_demo-64.py
+"$PY" tools/train.py "$TOKENIZER_CFG" --work-dir "$WORK_DIR/tokenizer" "$@"
+"$PY" tools/analysis_tools/tokenize_images.py "$TOKENIZER_CFG" data/demo/imagenet/val \
+    --checkpoint "$(cat "$WORK_DIR/tokenizer/last_checkpoint")" --out-dir "$WORK_DIR/tokenizer/val_tokens"
+
+CLASSIFIER_CFG=configs/demo/beit_vit-tiny-p8_scratch-30e_demo-64.py
+"$PY" tools/train.py "$CLASSIFIER_CFG" --work-dir "$WORK_DIR/classifier" "$@"
+echo "[run_demo] done: logs and checkpoints in $WORK_DIR/{tokenizer,classifier}"

@@ -1,0 +1,13 @@
+# The DALL-E dVAE (OpenAI), BEiT v1's tokenizer: 112 x 112 input, 14 x 14 tokens from a
+# vocabulary of 8192 (beit-spec.md 3a). Frozen; used by the BEiT v1 pretraining configs
+# and by tools/analysis_tools/tokenize_images.py.
+#
+# Weights: https://cdn.openai.com/dall-e/encoder.pkl and .../decoder.pkl (read with a
+# restricted unpickler; the decoder is only needed for reconstructions), or mmpretrain's
+# converted encoder dalle_encoder.pth (a state dict with the same keys).
+model = dict(
+    type='DALLETokenizer',
+    input_size=112,
+    with_decoder=False,
+    encoder_checkpoint='data/pretrained/dall_e/encoder.pkl',
+)

@@ -1,0 +1,244 @@
+"""Normalised-EMA vector quantizer of VQ-KD (BEiT v2 paper section 2.2; beit-spec.md 3b).
+
+The codebook holds K unit vectors of dimension d (default 8192 x 32). For a batch of
+features z [B, N, d]:
+
+1. z is L2-normalised; each vector takes the nearest code. With unit vectors on both
+   sides the squared distance ``|z|^2 + |e|^2 - 2 z.e`` orders codes like cosine
+   similarity, so the argmax of ``z . e`` is used directly.
+2. ``z_q = e[idx]``; the loss is the commitment term ``beta * mean((sg[z_q] - z)^2)``; the
+   output is ``z + sg[z_q - z]`` (straight-through estimator).
+3. In training the codebook moves by EMA, not by gradients: with n_k the number of
+   vectors assigned to code k and s_k their sum, both all-reduced over ranks,
+   ``e_k <- l2norm(decay * e_k + (1 - decay) * l2norm(s_k / n_k))`` for used codes;
+   unused codes keep their vector. ``cluster_size`` is the EMA of n_k.
+4. On the first training batch the codebook is initialised by spherical k-means
+   (``kmeans_iters`` iterations). mmbeit runs it on rank 0 and broadcasts the result;
+   unilm runs it on every rank's own batch, which leaves the ranks with different
+   codebooks that only drift together through the shared EMA statistics.
+5. Optional (off by default, as in the paper): codes whose ``cluster_size`` falls
+   below ``dead_code_threshold`` are restarted from random encoder outputs of the
+   current batch (chosen on rank 0 and broadcast), a known cure for the unused codes
+   users report (unilm#1556).
+
+State-dict keys follow the official VQ-KD checkpoint: ``embedding.weight`` [K, d],
+``embedding.initted`` and ``cluster_size`` [K]. The official file also has
+``embedding.cluster_size`` and ``embedding.embed_avg``, which its normalised-EMA
+quantizer never reads; the load path drops them.
+
+Everything here runs in fp32 with autocast disabled.
+"""
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ['NormEMAQuantizer', 'spherical_kmeans', 'codebook_usage_stats']
+
+
+def _dist_on() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _all_reduce_(tensor: torch.Tensor) -> torch.Tensor:
+    if _dist_on():
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def _broadcast_(tensor: torch.Tensor) -> torch.Tensor:
+    if _dist_on():
+        dist.broadcast(tensor, src=0)
+    return tensor
+
+
+def _is_rank0() -> bool:
+    return not _dist_on() or dist.get_rank() == 0
+
+
+def spherical_kmeans(x: torch.Tensor, num_clusters: int, iters: int = 10,
+                     generator: Optional[torch.Generator] = None
+                     ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Cosine k-means on unit vectors ``x`` [M, d].
+
+    Initial means are ``num_clusters`` distinct rows (a random permutation), or rows
+    drawn with replacement when M < num_clusters. Each iteration assigns every row to
+    its most similar mean and replaces each mean with the L2-normalised average of its
+    rows; a mean with no rows keeps its value. Returns (means [K, d], counts [K]) where
+    counts are the sizes of the final assignment.
+    """
+    m = x.shape[0]
+    if m >= num_clusters:
+        idx = torch.randperm(m, generator=generator, device='cpu')[:num_clusters]
+    else:
+        idx = torch.randint(0, m, (num_clusters, ), generator=generator, device='cpu')
+    means = x[idx.to(x.device)].clone()
+    counts = torch.zeros(num_clusters, device=x.device, dtype=x.dtype)
+    for _ in range(iters):
+        assign = (x @ means.t()).argmax(dim=1)  # [M]
+        counts = torch.bincount(assign, minlength=num_clusters).to(x.dtype)
+        sums = torch.zeros_like(means).index_add_(0, assign, x)  # [K, d]
+        new = F.normalize(sums / counts.clamp(min=1).unsqueeze(1), dim=1)
+        means = torch.where((counts > 0).unsqueeze(1), new, means)
+    return means, counts
+
+
+def codebook_usage_stats(counts: torch.Tensor) -> Dict[str, float]:
+    """From per-code counts [K]: fraction of codes used at least once, perplexity
+    ``exp(H(p))`` of the usage distribution (K when uniform, 1 when one code takes
+    everything) and the number of unused codes."""
+    counts = counts.double()
+    total = counts.sum()
+    used = int((counts > 0).sum())
+    if total <= 0:
+        return dict(usage=0.0, perplexity=0.0, unused=counts.numel())
+    p = counts / total
+    entropy = -(p[p > 0] * p[p > 0].log()).sum()
+    return dict(usage=used / counts.numel(), perplexity=float(entropy.exp()),
+                unused=counts.numel() - used)
+
+
+class _Codebook(nn.Module):
+    """Holds the codebook so its keys read ``embedding.weight`` / ``embedding.initted``
+    as in the official checkpoint. Buffers, not parameters: no optimiser sees them."""
+
+    def __init__(self, num_tokens: int, embed_dims: int, initted: bool):
+        super().__init__()
+        self.register_buffer('weight', F.normalize(torch.randn(num_tokens, embed_dims), dim=1))
+        self.register_buffer('initted', torch.tensor([float(initted)]))
+
+
+class NormEMAQuantizer(nn.Module):
+    """Normalised-EMA vector quantizer (see the module docstring).
+
+    Args:
+        num_tokens (int): codebook size K. embed_dims (int): code dimension d.
+        beta (float): commitment-loss weight. decay (float): EMA decay.
+        kmeans_init (bool): initialise by k-means on the first training batch.
+        kmeans_iters (int): k-means iterations.
+        dead_code_threshold (float): restart codes whose EMA count is below this;
+            0 disables restarts (the paper's behaviour).
+    """
+
+    def __init__(self, num_tokens: int = 8192, embed_dims: int = 32, beta: float = 1.0,
+                 decay: float = 0.99, kmeans_init: bool = True, kmeans_iters: int = 10,
+                 dead_code_threshold: float = 0.0):
+        super().__init__()
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f'decay must be in [0, 1), got {decay}')
+        if dead_code_threshold < 0:
+            raise ValueError(f'dead_code_threshold must be >= 0, got {dead_code_threshold}')
+        self.num_tokens = num_tokens
+        self.embed_dims = embed_dims
+        self.beta = beta
+        self.decay = decay
+        self.kmeans_init = kmeans_init
+        self.kmeans_iters = kmeans_iters
+        self.dead_code_threshold = dead_code_threshold
+        self.embedding = _Codebook(num_tokens, embed_dims, initted=not kmeans_init)
+        self.register_buffer('cluster_size', torch.zeros(num_tokens))
+        # Counts since the last pop_usage_counts() (read by CodebookUsageHook).
+        self.register_buffer('usage_counts', torch.zeros(num_tokens, dtype=torch.float64),
+                             persistent=False)
+        self.num_restarted = 0
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        return self.embedding.weight
+
+    def extra_repr(self) -> str:
+        return (f'num_tokens={self.num_tokens}, embed_dims={self.embed_dims}, beta={self.beta}, '
+                f'decay={self.decay}, kmeans_init={self.kmeans_init}, '
+                f'dead_code_threshold={self.dead_code_threshold}')
+
+    # ------------------------------------------------------------------ state dict
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
+                              missing_keys, unexpected_keys, error_msgs):
+        # Official VQ-KD files carry two statistics the normalised-EMA rule never reads.
+        for name in ('embedding.cluster_size', 'embedding.embed_avg'):
+            state_dict.pop(prefix + name, None)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                      missing_keys, unexpected_keys, error_msgs)
+
+    # ------------------------------------------------------------------ pieces
+    def nearest(self, z: torch.Tensor) -> torch.Tensor:
+        """Indices of the nearest code for unit vectors z [M, d] (cosine similarity)."""
+        return (z @ self.embedding.weight.t()).argmax(dim=1)
+
+    @torch.no_grad()
+    def _kmeans_init_(self, z: torch.Tensor) -> None:
+        means = torch.empty_like(self.embedding.weight)
+        counts = torch.zeros_like(self.cluster_size)
+        if _is_rank0():
+            means, counts = spherical_kmeans(z, self.num_tokens, self.kmeans_iters)
+        _broadcast_(means)
+        _broadcast_(counts)
+        self.embedding.weight.copy_(means)
+        self.cluster_size.copy_(counts)
+        self.embedding.initted.fill_(1.0)
+
+    @torch.no_grad()
+    def _ema_update_(self, z: torch.Tensor, idx: torch.Tensor) -> None:
+        counts = torch.bincount(idx, minlength=self.num_tokens).to(z.dtype)  # [K]
+        sums = torch.zeros_like(self.embedding.weight).index_add_(0, idx, z)  # [K, d]
+        _all_reduce_(counts)
+        _all_reduce_(sums)
+        self.usage_counts.add_(counts.to(self.usage_counts.dtype))
+        self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+        means = F.normalize(sums / counts.clamp(min=1).unsqueeze(1), dim=1)
+        target = torch.where((counts > 0).unsqueeze(1), means, self.embedding.weight)
+        self.embedding.weight.copy_(
+            F.normalize(self.decay * self.embedding.weight + (1 - self.decay) * target, dim=1))
+        if self.dead_code_threshold > 0:
+            self._restart_dead_codes_(z)
+
+    @torch.no_grad()
+    def _restart_dead_codes_(self, z: torch.Tensor) -> None:
+        # cluster_size is identical on all ranks (all-reduced counts), so is `dead`.
+        dead = self.cluster_size < self.dead_code_threshold
+        num_dead = int(dead.sum())
+        if num_dead == 0:
+            return
+        new = torch.empty(num_dead, self.embed_dims, device=z.device, dtype=z.dtype)
+        if _is_rank0():
+            replace = num_dead > z.shape[0]
+            if replace:
+                rows = torch.randint(0, z.shape[0], (num_dead, ), device='cpu')
+            else:
+                rows = torch.randperm(z.shape[0], device='cpu')[:num_dead]
+            new = z[rows.to(z.device)].clone()
+        _broadcast_(new)
+        self.embedding.weight[dead] = new
+        # A restarted code gets the threshold as its count, so it has one EMA step's
+        # grace before it can be restarted again.
+        self.cluster_size[dead] = self.dead_code_threshold
+        self.num_restarted += num_dead
+
+    def pop_usage_counts(self) -> torch.Tensor:
+        """Per-code counts accumulated by training forwards since the last call
+        (summed over ranks), then reset to zero."""
+        counts = self.usage_counts.clone()
+        self.usage_counts.zero_()
+        return counts
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """z [B, N, d] (any float dtype) -> (z_q [B, N, d] fp32 straight-through,
+        commitment loss (scalar), token ids [B, N] long)."""
+        if z.shape[-1] != self.embed_dims:
+            raise ValueError(f'{type(self).__name__} expects features with last dimension '
+                             f'{self.embed_dims}, got shape {tuple(z.shape)}')
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            z = F.normalize(z.float(), dim=-1)
+            flat = z.reshape(-1, self.embed_dims)  # [B*N, d]
+            if self.training and self.embedding.initted.item() == 0:
+                self._kmeans_init_(flat.detach())
+            idx = self.nearest(flat.detach())  # [B*N]
+            z_q = self.embedding.weight[idx].view_as(z)
+            loss = self.beta * F.mse_loss(z_q.detach(), z)
+            if self.training:
+                self._ema_update_(flat.detach(), idx)
+            z_q = z + (z_q - z).detach()
+        return z_q, loss, idx.view(z.shape[:-1])

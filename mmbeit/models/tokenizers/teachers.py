@@ -1,0 +1,499 @@
+"""Frozen teacher networks whose features VQ-KD learns to reconstruct (spec section 3b).
+
+VQ-KD (BEiT v2) trains its tokenizer by regressing, for every patch, the feature a frozen
+teacher produces for that patch. Two teachers are provided, both registered in
+``mmbeit.registry.MODELS``:
+
+* ``CLIPViT``: the image encoder of OpenAI CLIP (ViT-B/16 by default). Its output is
+  ``ln_post`` applied to every token, the cls token dropped, and the result multiplied by
+  ``proj``: [B, 196, 512] for a 224 input. State-dict keys are OpenAI's exactly (the
+  ``visual.*`` keys of an OpenAI CLIP state dict without the prefix); a full CLIP state dict
+  with the ``visual.`` prefix also loads, its text tower ignored (and logged).
+* ``DINOViT``: a DINO ViT (ViT-B/16 by default) in timm's / facebookresearch's layout,
+  built on our ``BEiTViT`` (absolute position embedding, no relative bias, no LayerScale);
+  its output is the final-normed patch tokens [B, 196, 768].
+
+Interface used by the VQ-KD algorithm. ``forward(x)`` takes a batch [B, 3, H, W] that is
+ALREADY normalised with the teacher's own statistics, i.e. ``(x01 - mean) / std`` for an
+image ``x01`` in [0, 1], and returns patch features [B, N, C] without a cls token. Each
+teacher exposes ``mean`` and ``std`` (tuples in [0, 1] pixel units), ``out_channels`` (C),
+``patch_size`` and ``img_size`` / ``patch_resolution`` (the grid its position embedding
+was built for; another grid raises). The teacher is frozen: its parameters do not require
+grad and ``train()`` keeps it in eval mode.
+
+Weights. Pass ``checkpoint=PATH`` (loaded when the module is built) or
+``init_cfg=dict(type='Pretrained', checkpoint=PATH[, prefix=...])`` (loaded by
+``init_weights()``, mmengine's convention). Both load STRICTLY, unlike mmengine's
+``PretrainedInit``: a missing or unexpected key raises ``TeacherCheckpointError`` naming the
+keys and the file. Files are read with ``torch.load(..., weights_only=True)``.
+
+* CLIP: OpenAI's ``ViT-B-16.pt`` (from the URL list in openai/CLIP's ``clip/clip.py``) is
+  a TorchScript archive, not a state dict; convert it once with
+  ``python tools/model_converters/clip_to_state_dict.py ViT-B-16.pt clip_vit_b16.pth``.
+* DINO: ``dino_vitbase16_pretrain.pth`` from facebookresearch/dino, or timm's
+  ``vit_base_patch16_224.dino`` weights (``timm.create_model(...).state_dict()`` saved with
+  ``torch.save``) load directly. timm's ``blocks.i.attn.qkv.bias`` [3D] becomes our
+  ``q_bias`` / ``v_bias``; its key third is dropped, which changes nothing: adding one
+  vector b_k to every key adds q . b_k to all the logits of a query alike, and softmax is
+  invariant to a constant added to all its inputs. ``head.*`` (a classifier) is dropped.
+"""
+import logging
+import os.path as osp
+import re
+import zipfile
+from collections import OrderedDict
+from typing import Dict, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmengine.logging import print_log
+from mmengine.model import BaseModule
+
+from mmbeit.engine.checkpoint import load_weights_only
+from mmbeit.registry import MODELS
+
+from ..backbones.beit_vit import BEiTViT
+from ..utils.rel_pos import to_2tuple
+
+__all__ = ['TeacherCheckpointError', 'CLIPViT', 'DINOViT', 'QuickGELU', 'CLIPLayerNorm',
+           'is_torchscript_archive', 'read_teacher_state_dict', 'clip_visual_state_dict',
+           'CLIP_MEAN', 'CLIP_STD', 'IMAGENET_MEAN', 'IMAGENET_STD']
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_MAX_KEYS_SHOWN = 40
+
+
+class TeacherCheckpointError(RuntimeError):
+    """A teacher checkpoint cannot be read or does not match the teacher exactly."""
+
+
+def _show_keys(keys) -> str:
+    keys = sorted(keys)
+    shown = ', '.join(keys[:_MAX_KEYS_SHOWN])
+    more = len(keys) - _MAX_KEYS_SHOWN
+    return shown + (f', ... and {more} more' if more > 0 else '')
+
+
+def is_torchscript_archive(path: str) -> bool:
+    """True when ``path`` is a TorchScript zip (it has a ``constants.pkl`` record), as
+    OpenAI's CLIP downloads are; a ``torch.save`` file has none."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(name.split('/')[-1] == 'constants.pkl' for name in zf.namelist())
+
+
+def read_teacher_state_dict(path: str) -> Dict[str, torch.Tensor]:
+    """Read a plain state dict with ``torch.load(weights_only=True)``; a ``state_dict`` or
+    ``model`` entry of a container is unwrapped. Raises ``TeacherCheckpointError``."""
+    path = osp.expanduser(str(path))
+    if not osp.isfile(path):
+        raise TeacherCheckpointError(f'teacher checkpoint {path!r} does not exist')
+    if is_torchscript_archive(path):
+        raise TeacherCheckpointError(
+            f'{path!r} is a TorchScript archive (as OpenAI distributes CLIP), not a state '
+            'dict; convert it once with: python tools/model_converters/clip_to_state_dict.py '
+            f'{path} OUT.pth')
+    ckpt = load_weights_only(path, map_location='cpu')
+    if isinstance(ckpt, dict):
+        for key in ('state_dict', 'model'):
+            if isinstance(ckpt.get(key), dict):
+                ckpt = ckpt[key]
+                break
+    if not isinstance(ckpt, dict) or not all(torch.is_tensor(v) for v in ckpt.values()):
+        raise TeacherCheckpointError(
+            f'{path!r} does not hold a state dict (a dict of tensors, possibly under '
+            "'state_dict' or 'model')")
+    return OrderedDict(ckpt)
+
+
+def clip_visual_state_dict(state_dict: Dict[str, torch.Tensor],
+                           prefix: str = '') -> Tuple[Dict[str, torch.Tensor], int]:
+    """If ``state_dict`` holds a full CLIP model (``{prefix}visual.conv1.weight``), return
+    the ``visual.*`` keys with ``visual.`` removed (under ``prefix``) and the number of
+    other keys under ``prefix`` (text tower, logit_scale, ...) that were left out; keys
+    outside ``prefix`` are kept. Otherwise return it unchanged and 0."""
+    vis = prefix + 'visual.'
+    if vis + 'conv1.weight' not in state_dict:
+        return state_dict, 0
+    out, ignored = OrderedDict(), 0
+    for key, value in state_dict.items():
+        if key.startswith(vis):
+            out[prefix + key[len(vis):]] = value
+        elif key.startswith(prefix):
+            ignored += 1
+        else:
+            out[key] = value
+    return out, ignored
+
+
+class _FrozenTeacher:
+    """Shared by the teachers: frozen parameters, eval mode, strict checkpoint loading.
+
+    Mixed in before a ``BaseModule`` subclass; ``_setup_teacher`` is called at the end of
+    ``__init__``.
+    """
+    mean: Tuple[float, float, float]
+    std: Tuple[float, float, float]
+
+    def _setup_teacher(self, checkpoint: Optional[str], init_cfg) -> None:
+        self.pretrained_cfg = None
+        if init_cfg is not None:
+            if not (isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained'
+                    and init_cfg.get('checkpoint')):
+                raise ValueError(f'{type(self).__name__} takes init_cfg=None or '
+                                 "dict(type='Pretrained', checkpoint=PATH[, prefix=...]), "
+                                 f'got {init_cfg!r}')
+            if checkpoint is not None:
+                raise ValueError('give the teacher weights either as checkpoint= or as a '
+                                 'Pretrained init_cfg, not both')
+            self.pretrained_cfg = dict(init_cfg)
+        self.loaded_from = None
+        for p in self.parameters():
+            p.requires_grad = False
+        self.train(False)
+        if checkpoint is not None:
+            self.load_checkpoint(checkpoint)
+
+    def train(self, mode: bool = True):
+        """The teacher stays in eval mode whatever ``mode`` is."""
+        return super().train(False)
+
+    def init_weights(self) -> None:
+        """Load the Pretrained ``init_cfg`` strictly, or keep random weights (logged)."""
+        if self.is_init:
+            return
+        if self.pretrained_cfg is not None:
+            self.load_checkpoint(self.pretrained_cfg['checkpoint'],
+                                 self.pretrained_cfg.get('prefix'))
+        else:
+            self._init_random()
+            print_log(f'{type(self).__name__}: no checkpoint given, the teacher keeps RANDOM '
+                      'weights (fine for tests, useless for VQ-KD training)',
+                      logger='current', level=logging.WARNING)
+        self._is_init = True
+
+    def _init_random(self) -> None:
+        raise NotImplementedError
+
+    def load_checkpoint(self, filename: str, prefix: Optional[str] = None) -> None:
+        """Load ``filename`` strictly (every key of the model, nothing else).
+
+        ``prefix``: take only the keys starting with it and remove it (e.g. ``'teacher.'``
+        for a VQ-KD checkpoint); how many other keys were left out is logged.
+        """
+        state_dict = read_teacher_state_dict(filename)
+        name = type(self).__name__
+        if prefix:
+            kept = OrderedDict((k[len(prefix):], v) for k, v in state_dict.items()
+                               if k.startswith(prefix))
+            if not kept:
+                raise TeacherCheckpointError(
+                    f'no key of {filename!r} starts with prefix {prefix!r} (first keys: '
+                    f'{_show_keys(list(state_dict)[:5])})')
+            if len(kept) < len(state_dict):
+                print_log(f'{name}: ignored {len(state_dict) - len(kept)} key(s) of '
+                          f'{filename!r} outside prefix {prefix!r}', logger='current')
+            state_dict = kept
+        try:
+            missing, unexpected = self.load_state_dict(state_dict, strict=False)
+        except RuntimeError as err:  # shape mismatches are raised even when not strict
+            raise TeacherCheckpointError(
+                f'cannot load {filename!r} into {name}: {err}') from err
+        if missing or unexpected:
+            parts = []
+            if missing:
+                parts.append(f'{len(missing)} missing key(s): {_show_keys(missing)}')
+            if unexpected:
+                parts.append(f'{len(unexpected)} unexpected key(s): '
+                             f'{_show_keys(unexpected)}')
+            raise TeacherCheckpointError(
+                f'{filename!r} does not match {name} (strict loading); '
+                + '; '.join(parts) + '. Check the teacher architecture (arch, patch_size, '
+                'img_size) against the checkpoint.')
+        self.loaded_from = str(filename)
+        self._is_init = True
+        print_log(f'{name}: loaded {len(state_dict)} tensors from {filename!r}',
+                  logger='current')
+
+    def _check_grid(self, grid: Tuple[int, int]) -> None:
+        if tuple(grid) != tuple(self.patch_resolution):
+            raise ValueError(f'{type(self).__name__}: input patch grid {tuple(grid)} differs '
+                             f'from the teacher grid {tuple(self.patch_resolution)} '
+                             f'(img_size={self.img_size}, patch_size={self.patch_size}); '
+                             'resize the teacher input to img_size')
+
+
+# ---------------------------------------------------------------------------------------
+# CLIP ViT (OpenAI layout)
+# ---------------------------------------------------------------------------------------
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x), the activation CLIP was trained with."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class CLIPLayerNorm(nn.LayerNorm):
+    """LayerNorm computed in fp32 and cast back to the input dtype (as CLIP does)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        out = F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps)
+        return out.to(x.dtype)
+
+
+class CLIPAttention(nn.Module):
+    """Multi-head self-attention with nn.MultiheadAttention's parameter names:
+    ``in_proj_weight`` [3W, W], ``in_proj_bias`` [3W] (q, k, v stacked), ``out_proj``."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f'width {width} is not divisible by {heads} heads')
+        self.heads = heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
+        self.out_proj = nn.Linear(width, width)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape  # [B, N+1, W]
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # [B, N+1, 3W]
+        qkv = qkv.reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # [B, nH, N+1, hd]; SDPA scales by hd ** -0.5
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+class CLIPMlp(nn.Module):
+    """c_fc (W -> 4W) -> QuickGELU -> c_proj (keys ``mlp.c_fc``, ``mlp.c_proj``)."""
+
+    def __init__(self, width: int, hidden: int):
+        super().__init__()
+        self.c_fc = nn.Linear(width, hidden)
+        self.gelu = QuickGELU()
+        self.c_proj = nn.Linear(hidden, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(self.gelu(self.c_fc(x)))
+
+
+class CLIPResBlock(nn.Module):
+    """x = x + attn(ln_1(x)); x = x + mlp(ln_2(x))."""
+
+    def __init__(self, width: int, heads: int, hidden: int, eps: float = 1e-5):
+        super().__init__()
+        self.ln_1 = CLIPLayerNorm(width, eps=eps)
+        self.attn = CLIPAttention(width, heads)
+        self.ln_2 = CLIPLayerNorm(width, eps=eps)
+        self.mlp = CLIPMlp(width, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class CLIPTransformer(nn.Module):
+    """Stack of residual blocks (keys ``transformer.resblocks.i``)."""
+
+    def __init__(self, width: int, layers: int, heads: int, hidden: int, eps: float = 1e-5):
+        super().__init__()
+        self.resblocks = nn.ModuleList(
+            [CLIPResBlock(width, heads, hidden, eps) for _ in range(layers)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for blk in self.resblocks:
+            x = blk(x)
+        return x
+
+
+@MODELS.register_module()
+class CLIPViT(_FrozenTeacher, BaseModule):
+    """OpenAI CLIP image encoder as a frozen VQ-KD teacher (spec 3b).
+
+    ``forward(x)``: x [B, 3, H, W] normalised with ``CLIP_MEAN`` / ``CLIP_STD`` ->
+    ``ln_post(tokens)[:, 1:] @ proj`` [B, N, output_dim].
+
+    Args:
+        arch (str | dict): 'base' (ViT-B: width 768, 12 layers, 12 heads, output_dim 512)
+            or 'large' (ViT-L: 1024, 24, 16, 768), or a dict with width, layers, heads,
+            output_dim and optionally mlp_ratio (default 4).
+        img_size (int | tuple): input size the position embedding is built for (224).
+        patch_size (int): 16 for ViT-B/16 (14 for ViT-L/14).
+        checkpoint (str, optional): state dict loaded (strictly) right away.
+        init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=..., prefix=...)``
+            loaded strictly by ``init_weights()``.
+    """
+    mean = CLIP_MEAN
+    std = CLIP_STD
+    arch_zoo = {
+        **dict.fromkeys(['b', 'base'], dict(width=768, layers=12, heads=12, output_dim=512)),
+        **dict.fromkeys(['l', 'large'], dict(width=1024, layers=24, heads=16, output_dim=768)),
+    }
+
+    def __init__(self, arch: Union[str, dict] = 'base', img_size=224, patch_size: int = 16,
+                 in_channels: int = 3, checkpoint: Optional[str] = None,
+                 init_cfg: Optional[dict] = None):
+        super().__init__(init_cfg=None)
+        if isinstance(arch, str):
+            if arch.lower() not in self.arch_zoo:
+                raise KeyError(f'unknown arch {arch!r}; choose from {set(self.arch_zoo)}')
+            arch = self.arch_zoo[arch.lower()]
+        needed = {'width', 'layers', 'heads', 'output_dim'}
+        if not isinstance(arch, dict) or not needed <= set(arch):
+            raise ValueError(f'a custom arch must be a dict with keys {sorted(needed)}')
+        self.width = width = arch['width']
+        self.num_layers = arch['layers']
+        self.num_heads = arch['heads']
+        self.out_channels = arch['output_dim']
+        hidden = int(width * arch.get('mlp_ratio', 4))
+        self.img_size = to_2tuple(img_size)
+        self.patch_size = patch_size
+        self.patch_resolution = (self.img_size[0] // patch_size, self.img_size[1] // patch_size)
+        num_tokens = self.patch_resolution[0] * self.patch_resolution[1] + 1
+
+        self.conv1 = nn.Conv2d(in_channels, width, patch_size, patch_size, bias=False)
+        self.class_embedding = nn.Parameter(torch.zeros(width))
+        self.positional_embedding = nn.Parameter(torch.zeros(num_tokens, width))
+        self.ln_pre = CLIPLayerNorm(width, eps=1e-5)
+        self.transformer = CLIPTransformer(width, self.num_layers, self.num_heads, hidden)
+        self.ln_post = CLIPLayerNorm(width, eps=1e-5)
+        self.proj = nn.Parameter(torch.zeros(width, self.out_channels))
+        self._init_random()
+        self._setup_teacher(checkpoint, init_cfg)
+
+    @torch.no_grad()
+    def _init_random(self) -> None:
+        """Random init on CLIP's scales (the teacher is meant to be loaded)."""
+        width = self.width
+        scale = width ** -0.5
+        self.class_embedding.normal_(0, scale)
+        self.positional_embedding.normal_(0, scale)
+        self.proj.normal_(0, scale)
+        proj_std = scale * (2 * self.num_layers) ** -0.5
+        for blk in self.transformer.resblocks:
+            nn.init.normal_(blk.attn.in_proj_weight, std=scale)
+            nn.init.zeros_(blk.attn.in_proj_bias)
+            nn.init.normal_(blk.attn.out_proj.weight, std=proj_std)
+            nn.init.zeros_(blk.attn.out_proj.bias)
+            nn.init.normal_(blk.mlp.c_fc.weight, std=(2 * width) ** -0.5)
+            nn.init.zeros_(blk.mlp.c_fc.bias)
+            nn.init.normal_(blk.mlp.c_proj.weight, std=proj_std)
+            nn.init.zeros_(blk.mlp.c_proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, 3, H, W] (CLIP-normalised) -> patch features [B, N, output_dim]."""
+        x = self.conv1(x)  # [B, W, Hp, Wp]
+        self._check_grid(x.shape[-2:])
+        x = x.flatten(2).transpose(1, 2)  # [B, N, W]
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # [B, 1, W]
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)  # [B, N+1, W]
+        x = self.transformer(self.ln_pre(x))
+        # ln_post is per token, so normalising the patch tokens only is the same as
+        # normalising all tokens and then dropping cls (spec 3b).
+        x = self.ln_post(x[:, 1:])  # [B, N, W]
+        return x @ self.proj.to(x.dtype)  # [B, N, output_dim]
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
+                              missing_keys, unexpected_keys, error_msgs):
+        # A full CLIP state dict: keep the image tower, drop the rest (logged).
+        if prefix + 'visual.conv1.weight' in state_dict:
+            visual, ignored = clip_visual_state_dict(state_dict, prefix)
+            state_dict.clear()
+            state_dict.update(visual)
+            print_log(f'CLIPViT load: took the {prefix}visual.* keys of a full CLIP state '
+                      f'dict, ignored {ignored} other key(s) (text tower, logit_scale, ...)',
+                      logger='current')
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                      missing_keys, unexpected_keys, error_msgs)
+
+
+# ---------------------------------------------------------------------------------------
+# DINO ViT (timm / facebookresearch layout) on top of BEiTViT
+# ---------------------------------------------------------------------------------------
+_QKV_BIAS = re.compile(r'blocks\.(\d+)\.attn\.qkv\.bias')
+
+
+@MODELS.register_module()
+class DINOViT(_FrozenTeacher, BEiTViT):
+    """DINO ViT as a frozen VQ-KD teacher (spec 3b, the alternative to CLIP).
+
+    A ``BEiTViT`` with an absolute position embedding, no relative position bias, no
+    LayerScale and the final ``norm``; ``forward(x)``: x [B, 3, H, W] normalised with
+    ImageNet mean/std -> ``norm(tokens)[:, 1:]`` [B, N, embed_dims].
+
+    Args:
+        arch (str | dict): as ``BEiTViT`` ('base' = ViT-B: 768 dims, 12 layers, 12 heads).
+        img_size, patch_size, in_channels: as ``BEiTViT`` (224, 16, 3).
+        norm_eps (float): LayerNorm eps, 1e-6 in timm's and DINO's ViT.
+        checkpoint (str, optional): state dict loaded (strictly) right away.
+        init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=..., prefix=...)``
+            loaded strictly by ``init_weights()``.
+
+    timm-layout keys are mapped on load (also through mmengine's loaders): ``qkv.bias``
+    [3D] -> ``q_bias`` = bias[:D], ``v_bias`` = bias[2D:] (the key bias is dropped, see
+    the module docstring), and ``head.*`` is dropped; both are logged.
+    """
+    mean = IMAGENET_MEAN
+    std = IMAGENET_STD
+
+    def __init__(self, arch: Union[str, dict] = 'base', img_size=224, patch_size: int = 16,
+                 in_channels: int = 3, norm_eps: float = 1e-6,
+                 checkpoint: Optional[str] = None, init_cfg: Optional[dict] = None):
+        super().__init__(arch=arch, img_size=img_size, patch_size=patch_size,
+                         in_channels=in_channels, use_abs_pos_emb=True, rel_pos_bias=None,
+                         qv_bias=True, layer_scale_init_value=0., out_indices=-1,
+                         out_type='raw', final_norm=True, norm_eps=norm_eps, init_cfg=None)
+        self._setup_teacher(checkpoint, init_cfg)
+
+    @property
+    def out_channels(self) -> int:
+        return self.embed_dims
+
+    def _init_random(self) -> None:
+        BEiTViT.init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, 3, H, W] (ImageNet-normalised) -> patch features [B, N, embed_dims]."""
+        self._check_grid((x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size))
+        return super().forward(x)[-1][:, 1:]  # final-normed tokens [B, N+1, D] -> [B, N, D]
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
+                              missing_keys, unexpected_keys, error_msgs):
+        notes = []
+        dims = self.embed_dims
+        mapped = 0
+        for key in [k for k in state_dict if k.startswith(prefix)]:
+            m = _QKV_BIAS.fullmatch(key[len(prefix):])
+            if m is None or state_dict[key].shape != (3 * dims, ):
+                continue  # anything else that does not fit is left for the strict check
+            base = f'{prefix}blocks.{m.group(1)}.attn.'
+            if base + 'q_bias' in state_dict or base + 'v_bias' in state_dict:
+                raise TeacherCheckpointError(f'{key} and {base}q_bias/v_bias are both in '
+                                             'the state dict; which one holds is ambiguous')
+            bias = state_dict.pop(key)
+            # The key bias bias[D:2D] is dropped: it adds q . b_k to every logit of a
+            # query alike, and softmax ignores a constant shift (module docstring).
+            state_dict[base + 'q_bias'] = bias[:dims]
+            state_dict[base + 'v_bias'] = bias[2 * dims:]
+            mapped += 1
+        if mapped:
+            notes.append(f'split {mapped} timm qkv.bias [3D] into q_bias / v_bias '
+                         '(the key bias is dropped: softmax is invariant to it)')
+        head = [k for k in state_dict if k.startswith(prefix + 'head.')]
+        for key in head:
+            del state_dict[key]
+        if head:
+            notes.append(f'dropped {len(head)} classifier key(s) {prefix}head.* '
+                         '(the teacher returns patch features)')
+        for note in notes:
+            print_log(f'DINOViT load: {note}', logger='current')
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                      missing_keys, unexpected_keys, error_msgs)

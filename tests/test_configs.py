@@ -1,0 +1,62 @@
+"""Every config under configs/ (not _base_) builds: its model through the registries in
+the config's default scope, and its optimiser wrapper on that model. Run in a fresh
+process, as tools/train.py would, with weights that cannot exist here switched off."""
+import json
+import sys
+
+from _helpers import ROOT, run_tool
+
+SCRIPT = r'''
+import glob, json, sys
+import torch
+from mmengine.config import Config
+from mmengine.optim import build_optim_wrapper
+from mmengine.registry import DefaultScope, init_default_scope
+import mmbeit.engine, mmbeit.models  # noqa
+from mmbeit.registry import MODELS
+
+torch.set_num_threads(1)
+results = {}
+for path in sorted(sys.argv[1:]):
+    cfg = Config.fromfile(path)
+    model_cfg = cfg.model
+    # Weights that cannot be downloaded here: build with random weights instead.
+    for key in ('checkpoint', 'encoder_checkpoint', 'decoder_checkpoint'):
+        model_cfg.pop(key, None)
+    if isinstance(model_cfg.get('teacher'), dict):
+        model_cfg.teacher.pop('checkpoint', None)
+    with DefaultScope.overwrite_default_scope(cfg.get('default_scope', 'mmbeit')):
+        model = MODELS.build(model_cfg)
+        n = sum(p.numel() for p in model.parameters())
+        entry = dict(type=type(model).__name__, params=n)
+        if 'optim_wrapper' in cfg:
+            ow = build_optim_wrapper(model, cfg.optim_wrapper)
+            entry['groups'] = len(ow.optimizer.param_groups)
+            entry['trainable'] = sum(p.numel() for g in ow.optimizer.param_groups
+                                     for p in g['params'])
+    results[path] = entry
+print('RESULTS' + json.dumps(results))
+'''
+
+
+def test_every_config_builds():
+    import glob
+    configs = sorted(p for p in glob.glob(f'{ROOT}/configs/**/*.py', recursive=True)
+                     if '/_base_/' not in p)
+    assert len(configs) >= 6
+    out = run_tool(['-c', SCRIPT, *configs], timeout=900)
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith('RESULTS'))
+    results = json.loads(line[len('RESULTS'):])
+    assert set(results) == set(configs)
+    by_name = {p.split('/configs/')[1]: r for p, r in results.items()}
+
+    clip = by_name['vqkd/vqkd_vit-base_clip-teacher_100e_in1k.py']
+    assert clip['type'] == 'VQKD'
+    # The teacher is frozen: what the optimiser sees is the tokenizer alone. ViT-B encoder
+    # (85.8M) + 3-block decoder + task layers, and no codebook (a buffer).
+    assert 90e6 < clip['trainable'] < 115e6 < clip['params']
+    dino = by_name['vqkd/vqkd_vit-base_dino-teacher_100e_in1k.py']
+    assert dino['trainable'] > clip['trainable']  # 768-d decode task layer instead of 512
+    assert by_name['tokenizers/dalle_dvae_openai.py']['type'] == 'DALLETokenizer'
+    assert by_name['tokenizers/vqkd_vit-base_clip_official.py']['type'] == 'VQKD'
+    print(json.dumps(by_name, indent=1), file=sys.stderr)
