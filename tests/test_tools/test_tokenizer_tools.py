@@ -138,3 +138,45 @@ model = dict(encoder=dict(n_hid=8, n_blk_per_group=1, vocab_size=32),
     bad = run_tool([TOOL, cfg, tmp_path / 'missing_dir', '--out-dir', tmp_path / 'o2'],
                    check=False)
     assert bad.returncode != 0 and 'missing_dir' in bad.stderr
+
+
+PROBE = '''
+import torch
+from mmengine.hooks import Hook
+from mmbeit.registry import HOOKS
+
+
+@HOOKS.register_module()
+class StateProbeHook(Hook):
+    def __init__(self, out):
+        self.out = out
+
+    def after_train(self, runner):
+        model = runner.model.module if hasattr(runner.model, 'module') else runner.model
+        torch.save({'wrapper': type(runner.model).__name__,
+                    'state': {k: v.detach().clone() for k, v in model.state_dict().items()}},
+                   f'{self.out}/rank{runner.rank}.pt')
+'''
+
+
+def test_two_cpu_ranks_keep_one_codebook(tmp_path, demo_data):
+    """tools/dist_train.sh with 2 gloo ranks: k-means on rank 0 + broadcast, all-reduced
+    EMA statistics and DDP gradients leave both ranks with the same tokenizer."""
+    import random
+    (tmp_path / 'state_probe.py').write_text(PROBE)
+    extra = ("custom_imports = dict(imports=['state_probe'], allow_failed_imports=False)\n"
+             "custom_hooks = [dict(type='CodebookUsageHook', window=4), "
+             f"dict(type='StateProbeHook', out='{tmp_path}')]\n")
+    cfg = write_vqkd_config(tmp_path, demo_data, max_iters=4, extra=extra)
+    run_tool(['tools/dist_train.sh', cfg, '2', '--work-dir', tmp_path / 'work'],
+             env={'PORT': str(random.randint(20000, 40000)),
+                  'PYTHONPATH': f'{ROOT}:{tmp_path}'})
+    r0, r1 = (torch.load(tmp_path / f'rank{r}.pt', weights_only=True) for r in (0, 1))
+    assert r0['wrapper'] == 'MMDistributedDataParallel'
+    assert r0['state']['quantize.embedding.initted'].item() == 1
+    for k, v in r0['state'].items():
+        assert torch.equal(v, r1['state'][k]), k
+    # the EMA counts saw both ranks' tokens: 4 iterations x 2 ranks x 8 images x 64 tokens
+    # arrive at cluster_size with decay 0.99 (k-means counts of rank 0's first batch seed it)
+    assert r0['state']['quantize.cluster_size'].sum().item() == pytest.approx(
+        0.99**4 * 8 * 64 + sum(0.01 * 0.99**i * 2 * 8 * 64 for i in range(4)), rel=1e-4)
