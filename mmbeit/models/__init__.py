@@ -1,5 +1,18 @@
-"""mmbeit models: importing this package registers them in ``mmbeit.registry.MODELS``."""
-from . import backbones, tokenizers, utils  # noqa: F401
+"""mmbeit models: importing this package registers them in ``mmbeit.registry.MODELS``
+(and the mask generators in ``mmbeit.registry.TASK_UTILS``)."""
+from . import (  # noqa: F401
+    algorithms,
+    backbones,
+    data_preprocessors,
+    heads,
+    necks,
+    tokenizers,
+    utils,
+)
+from .algorithms import *  # noqa: F401,F403
 from .backbones import *  # noqa: F401,F403
+from .data_preprocessors import *  # noqa: F401,F403
+from .heads import *  # noqa: F401,F403
+from .necks import *  # noqa: F401,F403
 from .tokenizers import *  # noqa: F401,F403
 from .utils import *  # noqa: F401,F403

@@ -18,11 +18,10 @@ Example::
 """
 import argparse
 import json
-import resource
-import statistics
-import subprocess
 import sys
 import time
+
+from benchmark_common import current_rss_kb, medians, peak_memory_mb, run_rounds
 
 IMPLS = ('mmbeit', 'mmpretrain')
 
@@ -36,11 +35,6 @@ def build(impl: str, arch: str, img_size: int):
     from mmpretrain.models.backbones import BEiTViT as MMPretrainBEiTViT
     return MMPretrainBEiTViT(use_abs_pos_emb=False, use_rel_pos_bias=True,
                              use_shared_rel_pos_bias=False, **common)
-
-
-def _current_rss_kb() -> int:
-    with open('/proc/self/status') as f:
-        return next(int(line.split()[1]) for line in f if line.startswith('VmRSS:'))
 
 
 def measure(args) -> dict:
@@ -58,7 +52,7 @@ def measure(args) -> dict:
         out.float().square().mean().backward()
         model.zero_grad(set_to_none=True)
 
-    rss_before = _current_rss_kb()
+    rss_before = current_rss_kb()
     for _ in range(args.warmup):
         step()
     if device.type == 'cuda':
@@ -69,10 +63,7 @@ def measure(args) -> dict:
     if device.type == 'cuda':
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / args.iters
-    if device.type == 'cuda':
-        mem_mb = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        mem_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
+    mem_mb = peak_memory_mb(device.type, rss_before)
     params = sum(p.numel() for p in model.parameters())
     return dict(impl=args.impl, seconds=seconds, img_per_s=args.batch / seconds,
                 mem_mb=mem_mb, params_m=params / 1e6)
@@ -100,18 +91,8 @@ def main() -> int:
         print(json.dumps(measure(args)))
         return 0
 
-    results = {impl: [] for impl in IMPLS}
-    for _ in range(args.repeats):
-        for impl in IMPLS:
-            cmd = [sys.executable, __file__, '--impl', impl] + sys.argv[1:]
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            if out.returncode != 0:
-                sys.exit(f'{impl} run failed:\n{out.stderr[-3000:]}')
-            results[impl].append(json.loads(out.stdout.strip().splitlines()[-1]))
-
-    med = {impl: {k: statistics.median(r[k] for r in runs)
-                  for k in ('seconds', 'img_per_s', 'mem_mb', 'params_m')}
-           for impl, runs in results.items()}
+    results = run_rounds(__file__, sys.argv[1:], IMPLS, args.repeats)
+    med = medians(results, ('seconds', 'img_per_s', 'mem_mb', 'params_m'))
     a, b = med['mmbeit'], med['mmpretrain']
     print(f'BEiTViT {args.arch} @ {args.img_size}, batch {args.batch}, {args.device} '
           f'{args.dtype}, forward+backward, median of {args.repeats} x {args.iters} iters')

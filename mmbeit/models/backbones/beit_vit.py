@@ -405,32 +405,54 @@ class BEiTViT(BaseModule):
             return patches.reshape(b, *grid, d).permute(0, 3, 1, 2)  # [B, D, Hp, Wp]
         return self.fc_norm(patches.mean(dim=1))  # [B, D]
 
+    def shared_rel_pos_bias(self) -> Optional[torch.Tensor]:
+        """The shared relative position bias [nH, N+1, N+1] (rel_pos_bias='shared'), else
+        None. Extra blocks that run on this grid (the BEiT v2 neck) use it too."""
+        return self.rel_pos_bias() if self.rel_pos_bias is not None else None
+
+    def forward_layers(self, x: torch.Tensor, layers: Sequence[int],
+                       mask: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+        """Token states [B, N+1, D] after each block in ``layers`` (0-based, negative ok),
+        *before* any final norm, in the order given. Pretraining uses this: BEiT v2 needs
+        the un-normalised last cls token and an early layer's patch tokens."""
+        want = [i + self.num_layers if i < 0 else i for i in layers]
+        if any(not 0 <= i < self.num_layers for i in want):
+            raise IndexError(f'layers {list(layers)} out of range for {self.num_layers} blocks')
+        return self._run_blocks(x, mask, set(want), lambda i, t: t, want)
+
+    def _run_blocks(self, x, mask, keep, fmt, order) -> List[torch.Tensor]:
+        x = self._embed(x, mask)
+        shared = self.shared_rel_pos_bias()
+        states = {}
+        for i, blk in enumerate(self.blocks[:max(keep) + 1]):
+            if self.with_cp and self.training:
+                x = cp.checkpoint(blk, x, shared, use_reentrant=False)
+            else:
+                x = blk(x, shared)
+            if i in keep:
+                states[i] = fmt(i, x)
+        return [states[i] for i in order]
+
     def forward(self, x: torch.Tensor,
                 mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, ...]:
         """x [B, C, H, W], optional bool ``mask`` [B, N] (or [B, Hp, Wp]) of patches to
         replace by the mask token. Returns one output per out index (see ``out_type``);
         ``norm`` is applied to the last block's output when ``final_norm``."""
         grid = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
-        x = self._embed(x, mask)
-        shared = self.rel_pos_bias() if self.rel_pos_bias is not None else None
-        outs = []
-        for i, blk in enumerate(self.blocks):
-            if self.with_cp and self.training:
-                x = cp.checkpoint(blk, x, shared, use_reentrant=False)
-            else:
-                x = blk(x, shared)
+
+        def fmt(i: int, t: torch.Tensor) -> torch.Tensor:
             if i == self.num_layers - 1 and self.norm is not None:
-                x = self.norm(x)
-            if i in self.out_indices:
-                outs.append(self._format_output(x, grid))
-        return tuple(outs)
+                t = self.norm(t)
+            return self._format_output(t, grid)
+
+        return tuple(self._run_blocks(x, mask, set(self.out_indices), fmt, self.out_indices))
 
     def get_attention_maps(self, x: torch.Tensor,
                            mask: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
         """Attention probabilities of every block, each [B, nH, N+1, N+1], computed with
         the explicit softmax(q k^T * scale + bias) path (for visualisation)."""
         x = self._embed(x, mask)
-        shared = self.rel_pos_bias() if self.rel_pos_bias is not None else None
+        shared = self.shared_rel_pos_bias()
         maps = []
         for blk in self.blocks:
             x, attn = blk(x, shared, return_attn=True)

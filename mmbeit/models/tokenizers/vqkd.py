@@ -36,6 +36,7 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModel
 
 from mmbeit.models.backbones.beit_vit import BEiTViT
+from mmbeit.models.utils import keep_out_of_checkpoints
 from mmbeit.registry import MODELS
 
 from .quantizer import NormEMAQuantizer
@@ -45,7 +46,7 @@ __all__ = ['VQKD', 'load_tokenizer_state_dict']
 # BEiTViT settings that make the plain ViT of unilm's VQ-KD (spec 3b "Encoder").
 _PLAIN_VIT = dict(use_abs_pos_emb=True, rel_pos_bias=None, layer_scale_init_value=0.,
                   qv_bias=True, out_type='featmap', final_norm=True)
-_IGNORED_PREFIXES = ('teacher.', 'loss', 'scaling')
+_IGNORED_PREFIXES = ('teacher.', 'loss', 'scaling')  # teacher keys of a teacher-less model
 _NORM_RENAME = re.compile(r'^((?:en|de)coder\.)norm\.')
 _FC_NORM_RENAME = re.compile(r'^((?:en|de)coder\.)fc_norm\.')
 
@@ -126,6 +127,7 @@ class VQKD(BaseModel):
             self.teacher = MODELS.build(copy.deepcopy(teacher))
             self.teacher.requires_grad_(False)
             self.teacher.eval()
+            keep_out_of_checkpoints(self, 'teacher')
         mean = teacher_mean if teacher_mean is not None else getattr(self.teacher, 'mean', None)
         std = teacher_std if teacher_std is not None else getattr(self.teacher, 'std', None)
         if self.teacher is not None and (mean is None or std is None):
@@ -149,7 +151,7 @@ class VQKD(BaseModel):
             self.decode_task_layer = _task_layer(self.decoder.embed_dims, out_dims)
         self.checkpoint = checkpoint
         self._frozen = False
-        self._register_state_dict_hook(_save_official_names)
+        self.register_state_dict_post_hook(_save_official_names)
         if frozen:
             self.freeze()
 
@@ -190,10 +192,6 @@ class VQKD(BaseModel):
             print_log(f'VQKD: ignored {len(dropped)} checkpoint keys that are not tokenizer '
                       f'weights or belong to the decoder this model does not build '
                       f'(e.g. {dropped[0]})', logger='current')
-        if self.teacher is not None:
-            # The teacher keeps the weights it was built with.
-            for name, value in self.teacher.state_dict().items():
-                state_dict.setdefault(f'{prefix}teacher.{name}', value)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
                                       missing_keys, unexpected_keys, error_msgs)
 
@@ -295,13 +293,10 @@ class VQKD(BaseModel):
 
 
 def _save_official_names(module, state_dict, prefix, local_metadata):
-    """State-dict hook: drop teacher weights and write the final LNs as ``fc_norm``."""
+    """State-dict hook: write the encoder's / decoder's final LNs as ``fc_norm``."""
     for key in list(state_dict):
         if not key.startswith(prefix):
             continue
         rel = key[len(prefix):]
-        if rel.startswith('teacher.'):
-            state_dict.pop(key)
-        elif _NORM_RENAME.match(rel):
+        if _NORM_RENAME.match(rel):
             state_dict[prefix + _NORM_RENAME.sub(r'\1fc_norm.', rel)] = state_dict.pop(key)
-    return state_dict

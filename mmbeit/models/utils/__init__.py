@@ -12,9 +12,11 @@ from .rel_pos import (
     resize_rel_pos_table,
     to_2tuple,
 )
+from .unsaved import keep_out_of_checkpoints
 
 __all__ = [
     'RelativePositionBias', 'build_relative_position_index', 'cubic_spline_matrix',
     'gather_rel_pos_bias', 'geometric_axis', 'geometric_ratio', 'grid_from_table_len',
+    'keep_out_of_checkpoints',
     'rel_pos_table_len', 'resize_pos_embed', 'resize_rel_pos_table', 'to_2tuple'
 ]

@@ -1,0 +1,25 @@
+# ImageNet-1k images for BEiT v2 pretraining (beit-spec.md 4.2): colour jitter 0.4, flip,
+# one RandomResizedCrop (scale 0.2-1) resized to 224 bicubic twice: the backbone view and
+# the VQ-KD tokenizer view. Labels are not used; any folder of images works too:
+# dataset=dict(type='UnlabeledImageFolder', data_root='data/my_images').
+dataset_type = 'mmpretrain.ImageNet'
+data_root = 'data/imagenet'
+
+train_pipeline = [
+    dict(type='mmbeit.LoadImageRGB'),
+    dict(type='mmbeit.BEiTMaskedViews', img_size=224, target_size=224,
+         interpolation='bicubic', target_interpolation='bicubic', scale=(0.2, 1.0),
+         color_jitter=(0.4, 0.4, 0.4, 0.0), flip_prob=0.5),
+    dict(type='mmbeit.PackMIMInputs'),
+]
+
+train_dataloader = dict(
+    batch_size=128,  # x 16 GPUs = 2048 (the paper's batch)
+    num_workers=10,
+    persistent_workers=True,
+    pin_memory=True,
+    sampler=dict(type='DefaultSampler', shuffle=True),
+    collate_fn=dict(type='pseudo_collate'),
+    dataset=dict(type=dataset_type, _scope_='mmpretrain', data_root=data_root, split='train',
+                 pipeline=train_pipeline),
+)

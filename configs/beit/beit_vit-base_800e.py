@@ -1,0 +1,56 @@
+# BEiT (v1) ViT-B/16 pretraining on ImageNet-1k, 800 epochs (BEiT paper section 2.5 and
+# Table 12; beit-spec.md 2, 3a, 4): DALL-E dVAE targets on a 14 x 14 grid, blockwise
+# masking of about 75 of 196 patches (may stop short, as in the paper; the ratio
+# 75/196 carries over to other input sizes), shared relative
+# position bias, LayerScale 0.1, drop path 0.1; AdamW 1.5e-3, batch 2048, 10 warmup
+# epochs, cosine to 1e-5, weight decay 0.05, gradient clipping 3.0.
+#
+# Tokenizer weights: data/pretrained/dall_e/encoder.pkl (OpenAI), see configs/tokenizers/.
+# Train: bash tools/dist_train.sh configs/beit/beit_vit-base_800e.py 16 --amp
+_base_ = [
+    '../_base_/datasets/imagenet_beit_pretrain.py',
+    '../_base_/default_runtime.py',
+]
+
+model = dict(
+    type='BEiT',
+    data_preprocessor=dict(
+        type='MIMDataPreprocessor', mean=[123.675, 116.28, 103.53],
+        std=[58.395, 57.12, 57.375], patch_size=16,
+        mask_generator=dict(type='BlockwiseMaskGenerator', mask_ratio=75 / 196,
+                            min_num_patches=16, min_aspect=0.3, exact=False)),
+    backbone=dict(
+        type='BEiTViT', arch='base', img_size=224, patch_size=16, use_abs_pos_emb=False,
+        rel_pos_bias='shared', layer_scale_init_value=0.1, drop_path_rate=0.1,
+        use_mask_token=True, final_norm=True, out_type='raw', with_cp=False),
+    neck=None,
+    head=dict(type='MIMHead', in_channels=768, vocab_size=8192),
+    target_generator=dict(
+        type='DALLETokenizer', input_size=112,
+        encoder_checkpoint='data/pretrained/dall_e/encoder.pkl'),
+)
+
+optim_wrapper = dict(
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=1.5e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05),
+    # no weight decay for 1-D parameters, biases, pos_embed, cls_token (spec 4.3);
+    # mask_token and the relative position table keep it
+    constructor='LayerDecayOptimWrapperConstructor',
+    paramwise_cfg=dict(layer_decay_rate=1.0),
+    clip_grad=dict(max_norm=3.0),
+)
+max_epochs = 800
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-4, by_epoch=True, begin=0, end=10,
+         convert_to_iter_based=True),
+    dict(type='CosineAnnealingLR', eta_min_ratio=1e-5 / 1.5e-3, by_epoch=True, begin=10,
+         end=max_epochs, convert_to_iter_based=True),
+]
+train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs)
+# The recipe's batch; --auto-scale-lr scales lr linearly for another total batch.
+auto_scale_lr = dict(base_batch_size=2048)
+
+default_hooks = dict(
+    logger=dict(interval=100),
+    checkpoint=dict(interval=20, max_keep_ckpts=3),
+)

@@ -1,0 +1,4 @@
+"""Pretraining algorithms of mmbeit."""
+from .beit import BEiT
+
+__all__ = ['BEiT']

@@ -1,0 +1,213 @@
+"""BEiT / BEiT v2 pretraining pieces (beit-spec.md 4.1): MIMHead, BEiTV2Neck,
+MIMDataPreprocessor, the BEiT algorithm, and frozen sub-models kept out of checkpoints.
+The v1 and v2 losses are checked against hand-assembled computations that use only the
+backbone's blocks and plain torch ops."""
+import pytest
+import torch
+import torch.nn.functional as F
+from mmengine.registry import DefaultScope
+
+import mmbeit.models  # noqa: F401
+from mmbeit.models.utils import keep_out_of_checkpoints
+from mmbeit.registry import MODELS
+
+T = dict(embed_dims=32, num_layers=4, num_heads=4, feedforward_channels=64)
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def build(v2=True, vocab=16, **kw):
+    neck = dict(type='BEiTV2Neck', early_layers=2, num_layers=2, embed_dims=32, num_heads=4,
+                feedforward_channels=64, backbone_layers=4) if v2 else None
+    cfg = dict(
+        type='BEiT',
+        backbone=dict(type='BEiTViT', arch=T, img_size=32, patch_size=8, use_mask_token=True,
+                      final_norm=True, rel_pos_bias='shared', out_type='raw'),
+        neck=neck, head=dict(type='MIMHead', in_channels=32, vocab_size=vocab),
+        target_generator=dict(type='VQKD', encoder=dict(arch=dict(T, num_layers=1),
+                                                        img_size=32, patch_size=8),
+                              with_decoder=False, quantizer=dict(num_tokens=vocab,
+                                                                 embed_dims=8)),
+        data_preprocessor=dict(type='MIMDataPreprocessor', patch_size=8,
+                               mask_generator=dict(type='BlockwiseMaskGenerator',
+                                                   mask_ratio=0.5, min_num_patches=2)))
+    cfg.update(kw)
+    with DefaultScope.overwrite_default_scope('mmbeit'):
+        torch.manual_seed(0)
+        model = MODELS.build(cfg)
+        model.init_weights()
+    with torch.no_grad():  # a head that discriminates, so the two streams' losses differ
+        model.head.lm_head.weight.normal_(0, 1)
+        model.head.lm_head.bias.normal_(0, 1)
+    return model
+
+
+def batch(b=3, size=32, seed=0):
+    """What PackMIMInputs + pseudo_collate deliver: inputs = [views, tokenizer_views]."""
+    from mmengine.dataset import pseudo_collate
+    g = torch.Generator().manual_seed(seed)
+    samples = [dict(inputs=[torch.randint(0, 256, (3, size, size), dtype=torch.uint8,
+                                          generator=g) for _ in range(2)]) for _ in range(b)]
+    return pseudo_collate(samples)
+
+
+def embed(backbone, x, mask):
+    """Patch embedding, mask token and cls token by hand."""
+    t = F.conv2d(x, backbone.patch_embed.proj.weight, backbone.patch_embed.proj.bias, stride=8)
+    t = t.flatten(2).transpose(1, 2)  # [B, N, D]
+    m = mask.unsqueeze(-1).float()
+    t = t * (1 - m) + backbone.mask_token * m
+    return torch.cat([backbone.cls_token.expand(len(t), -1, -1), t], 1)
+
+
+def ce_and_acc(head, states, labels):
+    logits = states @ head.lm_head.weight.t() + head.lm_head.bias
+    return F.cross_entropy(logits, labels), (logits.argmax(1) == labels).float().mean() * 100
+
+
+def test_v2_loss_equals_hand_assembled_computation():
+    model = build(v2=True)
+    d = model.data_preprocessor(batch(), True)
+    out = model(**d, mode='loss')
+
+    bb, neck = model.backbone, model.neck
+    labels = model.target_generator.tokenize(d['target_inputs'])[d['mask']]
+    bias = bb.rel_pos_bias()
+    x = embed(bb, d['inputs'], d['mask'])
+    for i, blk in enumerate(bb.blocks):
+        x = blk(x, bias)
+        if i == 1:  # early_layers=2 (1-based)
+            early = x
+    final_norm = lambda t: F.layer_norm(t, (32, ), bb.norm.weight, bb.norm.bias, 1e-6)  # noqa
+    agg = torch.cat([x[:, :1], early[:, 1:]], 1)
+    for blk in neck.cls_pt_layers:
+        agg = blk(agg, bias)
+    l1, a1 = ce_and_acc(model.head, final_norm(x)[:, 1:][d['mask']], labels)
+    l2, a2 = ce_and_acc(model.head, final_norm(agg)[:, 1:][d['mask']], labels)
+    assert set(out) == {'loss_1', 'acc_1', 'loss_2', 'acc_2'}
+    torch.testing.assert_close(out['loss_1'], l1)
+    torch.testing.assert_close(out['loss_2'], l2)
+    torch.testing.assert_close(out['acc_1'], a1)
+    torch.testing.assert_close(out['acc_2'], a2)
+    assert not torch.allclose(l1, l2)
+    # the CE is over masked positions only: changing an unmasked patch's target changes
+    # nothing, because targets are taken at mask positions
+    assert labels.numel() == int(d['mask'].sum())
+
+
+def test_v1_loss_and_gradients():
+    model = build(v2=False)
+    d = model.data_preprocessor(batch(), True)
+    out = model(**d, mode='loss')
+    assert set(out) == {'loss', 'acc'}
+    bb = model.backbone
+    labels = model.target_generator.tokenize(d['target_inputs'])[d['mask']]
+    x = embed(bb, d['inputs'], d['mask'])
+    for blk in bb.blocks:
+        x = blk(x, bb.rel_pos_bias())
+    states = F.layer_norm(x, (32, ), bb.norm.weight, bb.norm.bias, 1e-6)[:, 1:][d['mask']]
+    loss, acc = ce_and_acc(model.head, states, labels)
+    torch.testing.assert_close(out['loss'], loss)
+    torch.testing.assert_close(out['acc'], acc)
+    out['loss'].backward()
+    assert bb.mask_token.grad is not None and bb.mask_token.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.target_generator.parameters())
+
+
+def test_target_generator_is_frozen_and_not_in_checkpoints(tmp_path):
+    model = build(v2=True)
+    model.train()
+    assert model.backbone.training and not model.target_generator.training
+    assert not any(p.requires_grad for p in model.target_generator.parameters())
+    sd = model.state_dict()
+    assert not any(k.startswith('target_generator.') for k in sd)
+    assert {'backbone.mask_token', 'backbone.norm.weight',
+            'backbone.rel_pos_bias.relative_position_bias_table',
+            'neck.cls_pt_layers.1.attn.qkv.weight', 'head.lm_head.weight'} <= set(sd)
+    # strict loading of our own checkpoint; a file's target_generator keys are ignored and
+    # the tokenizer keeps its weights
+    other = build(v2=True)
+    codebook = other.target_generator.quantize.embedding.weight.clone()
+    junk = {f'target_generator.{k}': torch.zeros_like(v)
+            for k, v in other.target_generator.state_dict().items()}
+    other.load_state_dict({**sd, **junk}, strict=True)
+    assert torch.equal(other.target_generator.quantize.embedding.weight, codebook)
+    assert torch.equal(other.backbone.mask_token, model.backbone.mask_token)
+    # through mmengine's checkpoint path too
+    from mmengine.runner import load_checkpoint, save_checkpoint
+    save_checkpoint({'state_dict': sd}, str(tmp_path / 'c.pth'))
+    load_checkpoint(other, str(tmp_path / 'c.pth'), strict=True)
+
+
+def test_keep_out_of_checkpoints_needs_a_submodule():
+    with pytest.raises(AttributeError, match="has no sub-module 'nope'"):
+        keep_out_of_checkpoints(torch.nn.Linear(2, 2), 'nope')
+
+
+def test_grid_and_vocab_mismatch_errors():
+    with pytest.raises(ValueError, match='head.vocab_size=16 but the tokenizer has 32 codes'):
+        build(head=dict(type='MIMHead', in_channels=32, vocab_size=16),
+              target_generator=dict(type='VQKD', with_decoder=False,
+                                    encoder=dict(arch=T, img_size=32, patch_size=8),
+                                    quantizer=dict(num_tokens=32, embed_dims=8)))
+    with pytest.raises(ValueError, match=r'tokenizer gives a \(2, 2\) token grid but the '
+                                         r'backbone has a \(4, 4\) patch grid'):
+        build(target_generator=dict(type='VQKD', with_decoder=False,
+                                    encoder=dict(arch=T, img_size=32, patch_size=16),
+                                    quantizer=dict(num_tokens=16, embed_dims=8)))
+    with pytest.raises(ValueError, match='use_mask_token=True'):
+        build(backbone=dict(type='BEiTViT', arch=T, img_size=32, patch_size=8,
+                            final_norm=True, rel_pos_bias='shared', out_type='raw'))
+
+
+def test_preprocessor_normalises_views_and_draws_masks():
+    model = build(v2=True)
+    data = batch(b=2)
+    d = model.data_preprocessor(data, True)
+    img = torch.stack(data['inputs'][0]).float()
+    mean = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
+    std = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
+    torch.testing.assert_close(d['inputs'], (img - mean) / std)
+    tgt = torch.stack(data['inputs'][1]).float() / 255
+    torch.testing.assert_close(d['target_inputs'], tgt)
+    assert d['mask'].dtype == torch.bool and d['mask'].shape == (2, 16)
+    assert d['mask'].sum(1).tolist() == [8, 8]  # mask_ratio 0.5 of a 4 x 4 grid, exact
+    # default_collate's already stacked views give the same result
+    stacked = dict(inputs=[torch.stack(data['inputs'][0]), torch.stack(data['inputs'][1])])
+    np_state = __import__('numpy').random.get_state()
+    d2 = model.data_preprocessor(stacked, True)
+    torch.testing.assert_close(d2['inputs'], d['inputs'])
+    assert np_state is not None
+    with pytest.raises(TypeError, match='end the pipeline with PackMIMInputs'):
+        model.data_preprocessor(dict(inputs=[torch.zeros(3, 32, 32)]), True)
+
+
+def test_neck_init_and_drop_path_rates():
+    from mmbeit.models.necks import BEiTV2Neck
+    neck = BEiTV2Neck(early_layers=9, num_layers=2, embed_dims=32, num_heads=4,
+                      feedforward_channels=64, drop_path_rate=0.1, backbone_layers=12)
+    dpr = torch.linspace(0, 0.1, 12).tolist()
+    assert [b.drop_path.drop_prob for b in neck.cls_pt_layers] == pytest.approx(dpr[9:11])
+    torch.manual_seed(0)
+    neck.init_weights()
+    # block k is rescaled like backbone layer early_layers + k + 1 (unilm fix_init_weight)
+    blk = neck.cls_pt_layers[1]
+    ratio = blk.attn.proj.weight.std() / blk.attn.qkv.weight.std()  # qkv is not rescaled
+    assert ratio.item() == pytest.approx(1 / (2 * 11)**0.5, rel=0.1)
+    with pytest.raises(ValueError, match='early_layers must be in'):
+        BEiTV2Neck(early_layers=13, backbone_layers=12)
+
+
+def test_bf16_autocast_on_cpu():
+    model = build(v2=True)
+    d = model.data_preprocessor(batch(), True)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = model(**d, mode='loss')
+    assert all(torch.isfinite(v) for v in out.values())
+    assert out['loss_1'].dtype == torch.float32  # the head's CE runs on fp32 logits
