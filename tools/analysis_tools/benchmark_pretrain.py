@@ -29,8 +29,11 @@ its blocks are wrapped here in the same ``torch.utils.checkpoint`` call.
 Each measurement is its own subprocess, the implementations alternate over ``--repeats``
 rounds and the table gives medians: speed-up of mmbeit (mmpretrain's time / mmbeit's) and
 mmbeit's peak memory as a fraction of mmpretrain's (see benchmark_common.py for how
-memory is measured). Every run prints its first step's losses: with random weights both
-should be near ln(8192) = 9.01.
+memory is measured). On CPU the resident set also holds glibc's free-but-kept heap, which
+can differ by ~10% between the two at equal live tensors; ``MALLOC_MMAP_THRESHOLD_=131072``
+in the environment (children inherit it) makes it follow the live allocations, at some
+cost in speed (docs/benchmarks.md). Every run prints its first step's losses: with random
+weights both should be near ln(8192) = 9.01.
 
 Example::
 
