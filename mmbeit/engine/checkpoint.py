@@ -30,6 +30,7 @@ and says what to do. So ``init_cfg=dict(type='Pretrained')``, ``load_from``, ``-
 and ``tools/test.py CKPT`` all go through the same weights-only path.
 """
 import copyreg
+import os
 import os.path as osp
 import pickle
 
@@ -38,7 +39,7 @@ import torch
 from mmengine.logging import HistoryBuffer
 from mmengine.runner import CheckpointLoader
 
-__all__ = ['SAFE_CHECKPOINT_GLOBALS', 'UnsafeCheckpointError', 'load_weights_only']
+__all__ = ['SAFE_CHECKPOINT_GLOBALS', 'UnsafeCheckpointError', 'load_weights_only', 'save_atomic']
 
 
 def _numpy_globals() -> list:
@@ -91,3 +92,16 @@ def _load_from_local(filename: str, map_location=None):
         raise FileNotFoundError(f'checkpoint {filename!r} does not exist (check the path in '
                                 f'the config or on the command line)')
     return load_weights_only(filename, map_location)
+
+
+def save_atomic(obj, path: str) -> None:
+    """``torch.save`` to ``path + '.tmp'``, then rename onto ``path``: a crash or a full
+    disk never leaves a half-written file under the final name."""
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    tmp = path + '.tmp'
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)

@@ -19,12 +19,8 @@ from mmbeit.registry import HOOKS
 K = 8
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One intra-op thread (tests/conftest.py): tiny ops run faster so, also on a busy machine.
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 class Runner:

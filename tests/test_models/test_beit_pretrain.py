@@ -14,12 +14,8 @@ from mmbeit.registry import MODELS
 T = dict(embed_dims=32, num_layers=4, num_heads=4, feedforward_channels=64)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+# One intra-op thread (tests/conftest.py): tiny ops run faster so, also on a busy machine.
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def build(v2=True, vocab=16, **kw):

@@ -40,13 +40,8 @@ TINY_ENC = dict(n_hid=8, n_blk_per_group=1, vocab_size=32)
 TINY_DEC = dict(n_init=8, n_hid=8, n_blk_per_group=1)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    """One intra-op thread: tiny convs are much faster so, and on a busy machine too."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# One intra-op thread (tests/conftest.py): tiny ops run faster so, also on a busy machine.
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 # --------------------------------------------------------------------------- fake dall_e

@@ -16,13 +16,8 @@ import torch
 from mmbeit.models.data_preprocessors import BlockwiseMaskGenerator, RandomMaskGenerator
 from mmbeit.registry import TASK_UTILS
 
-
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One intra-op thread (tests/conftest.py): tiny ops run faster so, also on a busy machine.
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def draw(gen, n, grid, seed=0):

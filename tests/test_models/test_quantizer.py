@@ -23,13 +23,8 @@ from mmbeit.models.tokenizers.quantizer import (
     spherical_kmeans,
 )
 
-
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One intra-op thread (tests/conftest.py): tiny ops run faster so, also on a busy machine.
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def make_quantizer(codebook, **kw):

@@ -33,12 +33,8 @@ BEIT_TEACHER = dict(type='BEiTViT', arch=TEACHER_ARCH, img_size=IMG, patch_size=
 DINO_TEACHER = dict(type='DINOViT', arch=TEACHER_ARCH, img_size=IMG, patch_size=PATCH)
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# One intra-op thread (tests/conftest.py): tiny ops run faster so, also on a busy machine.
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def build(**kw):

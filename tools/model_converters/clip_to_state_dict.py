@@ -12,7 +12,6 @@ archives are fp16, loading them into the fp32 teacher is exact). DST is written 
 ``DST.tmp`` first and then renamed; an existing DST is kept unless ``--force``.
 """
 import argparse
-import os
 import os.path as osp
 import pickle
 import sys
@@ -36,6 +35,7 @@ except ImportError:  # run from a checkout that is not installed
         is_torchscript_archive,
         read_teacher_state_dict,
     )
+from mmbeit.engine.checkpoint import save_atomic  # noqa: E402
 
 REQUIRED = ('conv1.weight', 'class_embedding', 'positional_embedding', 'proj')
 
@@ -80,18 +80,6 @@ def extract_visual(state_dict: dict, src: str) -> dict:
         sys.exit(f'error: {src!r} is not a CLIP ViT checkpoint: no {lacking} '
                  '(with or without the visual. prefix); ResNet CLIP models are not supported')
     return OrderedDict((k, v.detach().clone().contiguous()) for k, v in visual.items())
-
-
-def save_atomic(obj, path: str) -> None:
-    """torch.save to ``path + '.tmp'`` then rename onto ``path``."""
-    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
-    tmp = path + '.tmp'
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
 
 
 def main(argv=None) -> int:

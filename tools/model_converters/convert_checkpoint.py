@@ -10,7 +10,6 @@ when the ``safetensors`` package is installed. DST gets
 and then renamed; an existing DST is kept unless ``--force``. See ``mmbeit.converters``.
 """
 import argparse
-import os
 import os.path as osp
 import pickle
 import sys
@@ -22,6 +21,7 @@ try:
 except ImportError:  # run from a checkout that is not installed
     sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
     from mmbeit.converters import KINDS, SOURCES, ConversionError, convert
+from mmbeit.engine.checkpoint import save_atomic  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -62,19 +62,6 @@ def load_source(path: str):
                  'executed. If you trust the file, re-save its state dict yourself.')
     except (RuntimeError, EOFError, OSError) as err:
         sys.exit(f'error: cannot read checkpoint {path!r}: {err}')
-
-
-def save_atomic(obj, path: str) -> None:
-    """torch.save to ``path + '.tmp'`` then rename onto ``path``."""
-    parent = osp.dirname(osp.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = path + '.tmp'
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
 
 
 def main(argv=None) -> int:
