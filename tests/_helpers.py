@@ -18,3 +18,17 @@ def run_tool(args, cwd=ROOT, env=None, timeout=600, check=True):
                              f'--- stdout ---\n{proc.stdout[-6000:]}\n'
                              f'--- stderr ---\n{proc.stderr[-6000:]}')
     return proc
+
+
+def tool_main(path, *args):
+    """Run the ``main(argv)`` of the tool script at ``path`` in this process; returns its
+    exit message ('' on success) so tests can assert the exact error a user sees."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(osp.splitext(osp.basename(path))[0], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    try:
+        assert module.main([str(a) for a in args]) == 0
+    except SystemExit as exc:
+        return str(exc.code)
+    return ''

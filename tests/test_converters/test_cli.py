@@ -1,7 +1,6 @@
 """tools/model_converters/convert_checkpoint.py: as a subprocess for the main paths, and
 in-process (its ``main``) for the rest to keep the tests fast."""
 import argparse
-import importlib.util
 import os
 import os.path as osp
 import pickle
@@ -10,8 +9,8 @@ import sys
 
 import pytest
 import torch
+from _helpers import ROOT, tool_main
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TOOL = osp.join(ROOT, 'tools', 'model_converters', 'convert_checkpoint.py')
 D = 8
 
@@ -21,20 +20,8 @@ def _run(*args):
                           cwd=ROOT, timeout=300)
 
 
-def _tool():
-    spec = importlib.util.spec_from_file_location('convert_checkpoint_tool', TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _main(*args):
-    """Run the tool's main in-process; returns the exit message ('' on success)."""
-    try:
-        assert _tool().main([str(a) for a in args]) == 0
-    except SystemExit as exc:
-        return str(exc.code)
-    return ''
+    return tool_main(TOOL, *args)
 
 
 def _unilm_pretrain():

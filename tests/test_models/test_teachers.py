@@ -4,7 +4,6 @@ tools/model_converters/clip_to_state_dict.py.
 ``CLIPViT`` is checked against transformers' CLIP vision model (weights mapped into
 OpenAI's layout here, independently of the code under test) and ``DINOViT`` against timm's
 ``VisionTransformer``; both with tiny random models on CPU."""
-import importlib.util
 import math
 import os.path as osp
 import subprocess
@@ -14,6 +13,7 @@ from collections import OrderedDict
 import pytest
 import torch
 import torch.nn as nn
+from _helpers import ROOT, tool_main
 
 from mmbeit.models.tokenizers import teachers as teachers_mod
 from mmbeit.models.tokenizers.teachers import (
@@ -29,7 +29,6 @@ from mmbeit.models.tokenizers.teachers import (
 )
 from mmbeit.registry import MODELS
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TOOL = osp.join(ROOT, 'tools', 'model_converters', 'clip_to_state_dict.py')
 
 WIDTH, LAYERS, HEADS, OUT, IMG, PATCH = 32, 2, 4, 16, 32, 8
@@ -403,20 +402,8 @@ def test_teacher_refuses_torchscript_archive(tmp_path):
 # ---------------------------------------------------------------------------------------
 # tools/model_converters/clip_to_state_dict.py
 # ---------------------------------------------------------------------------------------
-def _tool():
-    spec = importlib.util.spec_from_file_location('clip_to_state_dict_tool', TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _main(*args):
-    """The tool's main in-process; returns the exit message ('' on success)."""
-    try:
-        assert _tool().main([str(a) for a in args]) == 0
-    except SystemExit as exc:
-        return str(exc.code)
-    return ''
+    return tool_main(TOOL, *args)
 
 
 @torch.no_grad()
