@@ -32,3 +32,38 @@ def tool_main(path, *args):
     except SystemExit as exc:
         return str(exc.code)
     return ''
+
+
+# ---------------------------------------------------------------------------------------
+# tiny BEiTViT backbones for model tests
+# ---------------------------------------------------------------------------------------
+TINY = dict(embed_dims=32, num_layers=2, num_heads=4, feedforward_channels=64)
+
+
+def tiny(**kwargs):
+    """A 2-block, 32-dim BEiTViT on 32 px inputs with patch 8; kwargs override."""
+    from mmbeit.models.backbones.beit_vit import BEiTViT
+    cfg = dict(arch=TINY, img_size=32, patch_size=8)
+    cfg.update(kwargs)
+    return BEiTViT(**cfg)
+
+
+def randomize_(model, seed=0):
+    """Random but well-scaled weights, including tables, q/v biases, gammas and LNs."""
+    import math
+
+    import torch
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith('relative_position_bias_table'):
+                p.normal_()
+            elif 'gamma' in name:
+                p.normal_(0.5, 0.1)
+            elif 'norm' in name and name.endswith('weight'):
+                p.normal_(1, 0.1)
+            elif p.ndim == 1:
+                p.normal_(0, 0.05)
+            else:
+                p.normal_(0, 1 / math.sqrt(max(p[0].numel(), 1)))
+    return model

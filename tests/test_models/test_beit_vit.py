@@ -7,35 +7,10 @@ import pytest
 import torch
 import torch.nn as nn
 
+from _helpers import TINY, randomize_, tiny
+
 from mmbeit.models.backbones.beit_vit import BEiTBlock, BEiTViT
 from mmbeit.models.utils.rel_pos import rel_pos_table_len, resize_pos_embed, resize_rel_pos_table
-
-TINY = dict(embed_dims=32, num_layers=2, num_heads=4, feedforward_channels=64)
-
-
-def tiny(**kwargs):
-    cfg = dict(arch=TINY, img_size=32, patch_size=8)
-    cfg.update(kwargs)
-    return BEiTViT(**cfg)
-
-
-@torch.no_grad()
-def randomize_(model, seed=0):
-    """Random but well-scaled weights, including tables, q/v biases, gammas and LNs."""
-    torch.manual_seed(seed)
-    for name, p in model.named_parameters():
-        if name.endswith('relative_position_bias_table'):
-            p.normal_()
-        elif 'gamma' in name:
-            p.normal_(0.5, 0.1)
-        elif 'norm' in name and name.endswith('weight'):
-            p.normal_(1, 0.1)
-        elif p.ndim == 1:
-            p.normal_(0, 0.05)
-        else:
-            p.normal_(0, 1 / math.sqrt(max(p[0].numel(), 1)))
-    return model
-
 
 # ---------------------------------------------------------------------------------------
 # equality with timm

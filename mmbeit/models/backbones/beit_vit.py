@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from mmengine.logging import print_log
-from mmengine.model import BaseModule
+from mmengine.model import BaseModule, initialize
 
 from mmbeit.registry import MODELS
 
@@ -32,7 +32,7 @@ from ..utils.rel_pos import (
     to_2tuple,
 )
 
-__all__ = ['DropPath', 'BEiTAttention', 'BEiTMlp', 'BEiTBlock', 'BEiTViT',
+__all__ = ['PretrainedMismatchError', 'DropPath', 'BEiTAttention', 'BEiTMlp', 'BEiTBlock', 'BEiTViT',
            'beit_init_weights_', 'adapt_beit_state_dict_']
 
 
@@ -117,23 +117,26 @@ class BEiTAttention(nn.Module):
         qkv = qkv.reshape(b, n, 3, self.num_heads, self.head_dims).permute(2, 0, 3, 1, 4)
         return qkv.unbind(0)  # 3 x [B, nH, N, hd]
 
-    def _bias(self, rel_pos_bias: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    def _bias(self, rel_pos_bias: Optional[torch.Tensor],
+              rel_index: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
         bias = None
         if self.relative_position_bias_table is not None:
+            index = self.relative_position_index if rel_index is None else rel_index
             bias = gather_rel_pos_bias(self.relative_position_bias_table,
-                                       self.relative_position_index)  # [nH, N+1, N+1]
+                                       index)  # [nH, N+1, N+1]
         if rel_pos_bias is not None:
             bias = rel_pos_bias if bias is None else bias + rel_pos_bias
         return bias
 
     def forward(self, x: torch.Tensor, rel_pos_bias: Optional[torch.Tensor] = None,
-                return_attn: bool = False):
+                return_attn: bool = False, rel_index: Optional[torch.Tensor] = None):
         """x [B, N+1, C] -> [B, N+1, C]; ``rel_pos_bias`` [nH, N+1, N+1] is added to the
         logits. ``return_attn=True`` uses the explicit softmax path and also returns the
-        attention map [B, nH, N+1, N+1]."""
+        attention map [B, nH, N+1, N+1]. ``rel_index`` [N+1, N+1] indexes the own table
+        for an input grid smaller than the model's (None: the model grid)."""
         b, n, c = x.shape
         q, k, v = self._qkv(x)
-        bias = self._bias(rel_pos_bias)
+        bias = self._bias(rel_pos_bias, rel_index)
         drop = self.attn_drop if self.training else 0.
         if return_attn:
             attn = (q * self.scale) @ k.transpose(-2, -1)  # [B, nH, N, N]
@@ -195,10 +198,10 @@ class BEiTBlock(nn.Module):
             self.gamma_1 = self.gamma_2 = None
 
     def forward(self, x: torch.Tensor, rel_pos_bias: Optional[torch.Tensor] = None,
-                return_attn: bool = False):
+                return_attn: bool = False, rel_index: Optional[torch.Tensor] = None):
         """x [B, N+1, D]; optional shared ``rel_pos_bias`` [nH, N+1, N+1]. With
         ``return_attn`` returns (x, attention map [B, nH, N+1, N+1])."""
-        y = self.attn(self.norm1(x), rel_pos_bias, return_attn)
+        y = self.attn(self.norm1(x), rel_pos_bias, return_attn, rel_index)
         if return_attn:
             y, attn = y
         x = x + self.drop_path(y if self.gamma_1 is None else self.gamma_1 * y)
@@ -238,7 +241,9 @@ class BEiTViT(BaseModule):
         drop_path_rate (float): stochastic depth, linspace(0, rate, L) over blocks.
         out_indices (int | Sequence[int]): blocks whose output is returned (negative ok).
         out_type: 'cls_token' [B, D] (needs final_norm), 'avg_featmap' [B, D]
-            (fc_norm of the mean patch token), 'featmap' [B, D, H/p, W/p], 'raw' [B, N+1, D].
+            (fc_norm of the mean patch token), 'featmap' [B, D, H/p, W/p], 'raw' [B, N+1, D],
+            'cls_and_avg' [B, 2D] (the cls token and the mean patch token side by side,
+            no norm: BEiT's linear-probe feature of an intermediate block).
         final_norm (bool): LN ``norm`` on the last block's output.
         use_mask_token (bool): learnable ``mask_token`` used by ``forward(x, mask)``.
         frozen_stages (int): -1 none; 0 embeddings; k also blocks 0..k-1 (kept in eval);
@@ -255,7 +260,7 @@ class BEiTViT(BaseModule):
         **dict.fromkeys(['l', 'large'], dict(embed_dims=1024, num_layers=24, num_heads=16,
                                              feedforward_channels=4096)),
     }
-    out_types = ('cls_token', 'avg_featmap', 'featmap', 'raw')
+    out_types = ('cls_token', 'avg_featmap', 'featmap', 'raw', 'cls_and_avg')
 
     def __init__(self, arch: Union[str, dict] = 'base', img_size=224, patch_size: int = 16,
                  in_channels: int = 3, use_abs_pos_emb: bool = False,
@@ -322,14 +327,36 @@ class BEiTViT(BaseModule):
                 raise IndexError(f'out index {idx} out of range for {self.num_layers} layers')
             indices.append(real)
         self.out_indices = sorted(set(indices))
+        self._index_cache = {}  # relative position indices of smaller input grids
         self._freeze_stages()
 
     # ------------------------------------------------------------------ init / freezing
     def init_weights(self) -> None:
-        """Pretraining init (spec 1.6), or BaseModule's init when ``init_cfg`` is given
-        (e.g. ``dict(type='Pretrained', checkpoint=..., prefix='backbone.')``)."""
-        if self.init_cfg is not None:
+        """Pretraining init (spec 1.6) without ``init_cfg``. With
+        ``init_cfg=dict(type='Pretrained', checkpoint=..., prefix='backbone.')`` the
+        checkpoint is loaded by :meth:`load_pretrained` (checked, not mmengine's silent
+        non-strict load); other init_cfg entries go to mmengine's initialisers."""
+        cfgs = self.init_cfg if isinstance(self.init_cfg, list) else [self.init_cfg]
+        pretrained = [c for c in cfgs if isinstance(c, dict) and c.get('type') == 'Pretrained']
+        others = [c for c in cfgs if c is not None and c not in pretrained]
+        if self.init_cfg is not None and not pretrained:
             super().init_weights()
+            return
+        if pretrained:
+            if len(pretrained) > 1:
+                raise ValueError('BEiTViT init_cfg: give one Pretrained entry, got '
+                                 f'{len(pretrained)}')
+            if others:
+                initialize(self, others)
+            cfg = pretrained[0]
+            unknown = set(cfg) - {'type', 'checkpoint', 'prefix', 'map_location'}
+            if unknown or not cfg.get('checkpoint'):
+                raise ValueError(
+                    "BEiTViT init_cfg Pretrained takes checkpoint (required), prefix and "
+                    f"map_location; got {dict(cfg)}")
+            self.load_pretrained(cfg['checkpoint'], cfg.get('prefix', ''),
+                                 cfg.get('map_location', 'cpu'))
+            self._is_init = True
             return
         beit_init_weights_(self)
         for p in (self.cls_token, self.mask_token, self.pos_embed):
@@ -370,14 +397,28 @@ class BEiTViT(BaseModule):
         return self
 
     # ------------------------------------------------------------------ forward
+    def _grid_extras(self, grid: Tuple[int, int]) -> Optional[torch.Tensor]:
+        """Check an input patch grid against the model and return the relative position
+        index for it (None for the model grid). A grid no larger than the model's on
+        either axis indexes the same tables exactly (sliding-window crops at an image
+        border, small images); a larger one needs a model built for it."""
+        if grid == self.patch_resolution or self.rel_pos_mode is None:
+            return None
+        if grid[0] > self.patch_resolution[0] or grid[1] > self.patch_resolution[1]:
+            raise ValueError(
+                f'input patch grid {grid} is larger than the model grid '
+                f'{self.patch_resolution} (img_size={self.img_size}, patch_size='
+                f'{self.patch_size}); build the model with img_size >= the input size: '
+                'the load path resizes the relative position tables of a checkpoint')
+        key = (grid, str(self.cls_token.device))
+        if key not in self._index_cache:
+            self._index_cache[key] = build_relative_position_index(
+                grid, self.patch_resolution).to(self.cls_token.device)
+        return self._index_cache[key]
+
     def _embed(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
         x = self.patch_embed(x)  # [B, D, Hp, Wp]
         grid = tuple(x.shape[-2:])
-        if grid != self.patch_resolution and (self.pos_embed is not None
-                                              or self.rel_pos_mode is not None):
-            raise ValueError(f'input patch grid {grid} differs from the model grid '
-                             f'{self.patch_resolution} (img_size={self.img_size}); '
-                             'build the model for this size and load through the load path')
         x = x.flatten(2).transpose(1, 2)  # [B, N, D]
         b, n, _ = x.shape
         if mask is not None:
@@ -391,7 +432,10 @@ class BEiTViT(BaseModule):
             x = x * (1. - w) + self.mask_token.to(x.dtype) * w
         x = torch.cat([self.cls_token.expand(b, -1, -1), x], dim=1)  # [B, N+1, D]
         if self.pos_embed is not None:
-            x = x + self.pos_embed
+            pos = self.pos_embed
+            if grid != self.patch_resolution:
+                pos = resize_pos_embed(pos, self.patch_resolution, grid)  # [1, N+1, D]
+            x = x + pos.to(x.dtype)
         return self.pos_drop(x)
 
     def _format_output(self, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
@@ -400,15 +444,19 @@ class BEiTViT(BaseModule):
         if self.out_type == 'cls_token':
             return x[:, 0]  # [B, D]
         patches = x[:, 1:]  # [B, N, D]
+        if self.out_type == 'cls_and_avg':
+            return torch.cat([x[:, 0], patches.mean(dim=1)], dim=-1)  # [B, 2D]
         if self.out_type == 'featmap':
             b, _, d = patches.shape
             return patches.reshape(b, *grid, d).permute(0, 3, 1, 2)  # [B, D, Hp, Wp]
         return self.fc_norm(patches.mean(dim=1))  # [B, D]
 
-    def shared_rel_pos_bias(self) -> Optional[torch.Tensor]:
+    def shared_rel_pos_bias(self, index: Optional[torch.Tensor] = None
+                            ) -> Optional[torch.Tensor]:
         """The shared relative position bias [nH, N+1, N+1] (rel_pos_bias='shared'), else
-        None. Extra blocks that run on this grid (the BEiT v2 neck) use it too."""
-        return self.rel_pos_bias() if self.rel_pos_bias is not None else None
+        None. Extra blocks that run on this grid (the BEiT v2 neck) use it too. ``index``:
+        that of a smaller input grid (see ``_grid_extras``)."""
+        return self.rel_pos_bias(index) if self.rel_pos_bias is not None else None
 
     def forward_layers(self, x: torch.Tensor, layers: Sequence[int],
                        mask: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
@@ -421,14 +469,16 @@ class BEiTViT(BaseModule):
         return self._run_blocks(x, mask, set(want), lambda i, t: t, want)
 
     def _run_blocks(self, x, mask, keep, fmt, order) -> List[torch.Tensor]:
+        index = self._grid_extras((x.shape[-2] // self.patch_size,
+                                   x.shape[-1] // self.patch_size))
         x = self._embed(x, mask)
-        shared = self.shared_rel_pos_bias()
+        shared = self.shared_rel_pos_bias(index)
         states = {}
         for i, blk in enumerate(self.blocks[:max(keep) + 1]):
             if self.with_cp and self.training:
-                x = cp.checkpoint(blk, x, shared, use_reentrant=False)
+                x = cp.checkpoint(blk, x, shared, False, index, use_reentrant=False)
             else:
-                x = blk(x, shared)
+                x = blk(x, shared, rel_index=index)
             if i in keep:
                 states[i] = fmt(i, x)
         return [states[i] for i in order]
@@ -451,11 +501,13 @@ class BEiTViT(BaseModule):
                            mask: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
         """Attention probabilities of every block, each [B, nH, N+1, N+1], computed with
         the explicit softmax(q k^T * scale + bias) path (for visualisation)."""
+        index = self._grid_extras((x.shape[-2] // self.patch_size,
+                                   x.shape[-1] // self.patch_size))
         x = self._embed(x, mask)
-        shared = self.shared_rel_pos_bias()
+        shared = self.shared_rel_pos_bias(index)
         maps = []
         for blk in self.blocks:
-            x, attn = blk(x, shared, return_attn=True)
+            x, attn = blk(x, shared, return_attn=True, rel_index=index)
             maps.append(attn)
         return maps
 
@@ -486,10 +538,81 @@ class BEiTViT(BaseModule):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
                                       missing_keys, unexpected_keys, error_msgs)
 
+    def load_pretrained(self, checkpoint: str, prefix: str = '',
+                        map_location='cpu') -> None:
+        """Load backbone weights from ``checkpoint`` and check that they fit.
+
+        Accepted: any mmbeit checkpoint (pretraining, classifier, segmentor; keys under
+        ``prefix``, typically ``'backbone.'``), or a bare backbone state dict in the
+        unilm / timm layout (official releases; containers ``state_dict`` / ``model`` /
+        ``module``), used as is when no key carries the prefix. The load path then
+        expands, resizes and drops what it must (see :func:`adapt_beit_state_dict_`).
+        In a bare file the parts that are not the backbone (``lm_head``, v2
+        ``cls_pt_layers``, a classifier ``head``, an ``fc_norm`` this model lacks) are
+        dropped, each named in the log. Only ``fc_norm``, ``norm`` and ``mask_token`` may
+        stay fresh; any other missing or unexpected key raises
+        :class:`PretrainedMismatchError` naming the file and the keys.
+        """
+        from mmengine.runner.checkpoint import CheckpointLoader
+        ckpt = CheckpointLoader.load_checkpoint(checkpoint, map_location=map_location)
+        sd = ckpt
+        for key in ('state_dict', 'model', 'module'):
+            if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+                sd = sd[key]
+                break
+        if not isinstance(sd, dict) or not sd:
+            raise PretrainedMismatchError(f'{checkpoint}: no state dict found in the file')
+        notes = []
+        picked = OrderedDict((k[len(prefix):], v) for k, v in sd.items()
+                             if k.startswith(prefix))
+        if not picked:
+            if 'patch_embed.proj.weight' not in sd:
+                raise PretrainedMismatchError(
+                    f'{checkpoint}: no key starts with {prefix!r} and the file is not a '
+                    f'bare BEiT backbone either (first keys: {list(sd)[:5]}). Convert it '
+                    'with tools/model_converters/convert_checkpoint.py, or set the prefix '
+                    'of init_cfg to the one its backbone keys carry.')
+            picked = OrderedDict(sd)
+            notes.append(f'no key starts with {prefix!r}: read as a bare backbone '
+                         '(unilm / timm layout)')
+            dropped = [k for k in picked if k.split('.')[0] in ('lm_head', 'cls_pt_layers', 'head')
+                       or (self.fc_norm is None and k.startswith('fc_norm.'))]
+            for k in dropped:
+                del picked[k]
+            if dropped:
+                groups = sorted({k.split('.')[0] for k in dropped})
+                notes.append(f'dropped {len(dropped)} non-backbone tensors ({", ".join(groups)})')
+        result = self.load_state_dict(picked, strict=False)
+        fresh_ok = ('fc_norm.', 'norm.', 'mask_token')
+        missing = [k for k in result.missing_keys if not k.startswith(fresh_ok)]
+        if missing or result.unexpected_keys:
+            raise PretrainedMismatchError(
+                f'{checkpoint} (prefix {prefix!r}) does not fit this BEiTViT '
+                f'(arch {self.embed_dims}x{self.num_layers}, rel_pos_bias='
+                f'{self.rel_pos_mode!r}, layer scale '
+                f'{"on" if self.blocks[0].gamma_1 is not None else "off"}): missing '
+                f'{_short(missing)}, unexpected {_short(result.unexpected_keys)}. Match '
+                'the backbone settings to the checkpoint, or convert it with '
+                'tools/model_converters/convert_checkpoint.py.')
+        fresh = [k for k in result.missing_keys if k not in missing]
+        notes.append(f'loaded {len(picked)} tensors from {checkpoint} (prefix {prefix!r})'
+                     + (f'; left at their init: {", ".join(fresh)}' if fresh else ''))
+        for note in notes:
+            print_log(f'BEiTViT load: {note}', logger='current')
+
 
 # ---------------------------------------------------------------------------------------
 # Load path (docs/contracts.md, spec 1.8)
 # ---------------------------------------------------------------------------------------
+class PretrainedMismatchError(ValueError):
+    """A pretrained checkpoint that does not fit the backbone it is loaded into."""
+
+
+def _short(keys: Sequence[str], n: int = 6) -> str:
+    keys = list(keys)
+    return '[]' if not keys else (
+        '[' + ', '.join(keys[:n]) + (f', ... ({len(keys)} in all)' if len(keys) > n else '') + ']')
+
 _BLOCK_TABLE = re.compile(r'blocks\.\d+\.attn\.relative_position_bias_table')
 
 
@@ -582,6 +705,7 @@ def adapt_beit_state_dict_(model: BEiTViT, state_dict: Dict[str, torch.Tensor],
         popped = [state_dict.pop(k) for k in norm_keys if k in state_dict]
         if popped:
             notes.append(f'dropped {prefix}norm.*: the model has no final norm '
-                         '(final_norm=False; a mean-pooling model uses fc_norm instead)')
+                         '(final_norm=False: mean pooling uses fc_norm, segmentation the raw '
+                         'block outputs)')
     for note in notes:
         print_log(f'BEiTViT load: {note}', logger='current')

@@ -64,20 +64,28 @@ def grid_from_table_len(table_len: int, like: GridT = None) -> Tuple[int, int]:
     return min(cands, key=lambda g: abs(math.log(g[0] / g[1]) - math.log(ref[0] / ref[1])))
 
 
-def build_relative_position_index(window_size: GridT) -> torch.Tensor:
+def build_relative_position_index(window_size: GridT,
+                                  table_window: GridT = None) -> torch.Tensor:
     """Index matrix R [(N+1), (N+1)] of spec 1.4 for a Wh x Ww grid (N = Wh*Ww).
 
     Rows are queries, columns keys, token 0 is cls, patch (y, x) is token 1 + y*Ww + x.
-    Patch-patch entries are (yq-yk+Wh-1)*(2Ww-1) + (xq-xk+Ww-1); then row 0 <- T-3,
+    Patch-patch entries are (yq-yk+Th-1)*(2Tw-1) + (xq-xk+Tw-1); then row 0 <- T-3,
     column 0 <- T-2 (overwriting [0, 0]), and [0, 0] <- T-1, with T the table length.
+
+    (Th, Tw) is the grid the table was made for, ``table_window`` (default: the grid
+    itself). A smaller grid inside it indexes the same table exactly: every relative
+    offset of the smaller grid is also an offset of the larger one.
     """
     wh, ww = to_2tuple(window_size)
+    th, tw = to_2tuple(table_window) if table_window is not None else (wh, ww)
+    if wh > th or ww > tw:
+        raise ValueError(f'grid {(wh, ww)} is larger than the table grid {(th, tw)}')
     ys, xs = torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing='ij')
     coords = torch.stack([ys.flatten(), xs.flatten()])  # [2, N]
     rel = coords[:, :, None] - coords[:, None, :]  # [2, N, N], query minus key
-    patch_idx = (rel[0] + wh - 1) * (2 * ww - 1) + (rel[1] + ww - 1)  # [N, N]
+    patch_idx = (rel[0] + th - 1) * (2 * tw - 1) + (rel[1] + tw - 1)  # [N, N]
     n = wh * ww
-    t = rel_pos_table_len((wh, ww))
+    t = rel_pos_table_len((th, tw))
     index = torch.zeros(n + 1, n + 1, dtype=torch.long)
     index[1:, 1:] = patch_idx
     index[0, :] = t - 3
@@ -111,10 +119,11 @@ class RelativePositionBias(nn.Module):
             'relative_position_index', build_relative_position_index(self.window_size),
             persistent=False)
 
-    def forward(self) -> torch.Tensor:
-        """Return the bias [nH, N+1, N+1]."""
+    def forward(self, index: torch.Tensor = None) -> torch.Tensor:
+        """Return the bias [nH, N+1, N+1]; ``index`` overrides the model grid's index (a
+        smaller grid, see :func:`build_relative_position_index`)."""
         return gather_rel_pos_bias(self.relative_position_bias_table,
-                                   self.relative_position_index)
+                                   self.relative_position_index if index is None else index)
 
     def extra_repr(self) -> str:
         return f'window_size={self.window_size}, num_heads={self.num_heads}'
