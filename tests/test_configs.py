@@ -1,6 +1,8 @@
 """Every config under configs/ (not _base_) builds: its model through the registries in
-the config's default scope, and its optimiser wrapper on that model. Run in a fresh
-process, as tools/train.py would, with weights that cannot exist here switched off."""
+the config's default scope, its optimiser wrapper on that model, and the data pipeline
+of each of its dataloaders. Run in a fresh process, as tools/train.py would, with weights
+that cannot exist here switched off (building a model reads no checkpoint; the
+transfer configs' init_cfg is only read by init_weights, tested in test_transfer.py)."""
 import json
 import sys
 
@@ -10,9 +12,10 @@ SCRIPT = r'''
 import glob, json, sys
 import torch
 from mmengine.config import Config
+from mmengine.dataset import Compose
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import DefaultScope, init_default_scope
-import mmbeit.engine, mmbeit.models  # noqa
+import mmbeit.datasets, mmbeit.engine, mmbeit.models  # noqa
 from mmbeit.registry import MODELS
 
 torch.set_num_threads(1)
@@ -34,6 +37,19 @@ for path in sorted(sys.argv[1:]):
             entry['groups'] = len(ow.optimizer.param_groups)
             entry['trainable'] = sum(p.numel() for g in ow.optimizer.param_groups
                                      for p in g['params'])
+        pipelines = {}
+        for split in ('train', 'val', 'test'):
+            loader = cfg.get(f'{split}_dataloader')
+            if loader:
+                # as the dataset builds it in a run: mmengine's Compose, in the
+                # dataset's scope (mmpretrain's RandAugment builds its policies by
+                # their bare names)
+                with DefaultScope.overwrite_default_scope(
+                        loader.dataset.get('_scope_', cfg.default_scope)):
+                    built = Compose([dict(t) for t in loader.dataset.pipeline])
+                pipelines[split] = [type(t).__name__ for t in built.transforms]
+        entry['pipelines'] = pipelines
+        entry['backbone_init'] = (cfg.model.get('backbone') or {}).get('init_cfg')
     results[path] = entry
 print('RESULTS' + json.dumps(results))
 '''
@@ -59,4 +75,26 @@ def test_every_config_builds():
     assert dino['trainable'] > clip['trainable']  # 768-d decode task layer instead of 512
     assert by_name['tokenizers/dalle_dvae_openai.py']['type'] == 'DALLETokenizer'
     assert by_name['tokenizers/vqkd_vit-base_clip_official.py']['type'] == 'VQKD'
+
+    # Transfer configs: every one that trains has a train and a test pipeline, and
+    # each downstream config starts from a checkpoint that our own runs write.
+    transfer = {k: v for k, v in by_name.items() if '/benchmarks/' in k}
+    assert len(transfer) >= 10
+    for name, entry in transfer.items():
+        assert {'train', 'val', 'test'} <= set(entry['pipelines']), name
+        init = entry['backbone_init']
+        assert init['type'] == 'Pretrained' and init['prefix'] == 'backbone.', name
+        assert init['checkpoint'].startswith('work_dirs/'), name
+    seg = by_name['beitv2/benchmarks/beitv2_vit-base_upernet-160k_ade20k-512.py']
+    assert seg['type'] == 'EncoderDecoder'
+    assert 'RandomCrop' in seg['pipelines']['train'] and 'PackSegInputs' in seg['pipelines']['test']
+    ft = by_name['beitv2/benchmarks/beitv2_vit-base_ft-100e_in1k.py']
+    assert {'RandAugment', 'RandomErasing'} <= set(ft['pipelines']['train'])
+    # ViT-B (85.8M) + a 1000-way head, all trainable
+    assert 86e6 < ft['trainable'] == ft['params'] < 87.5e6
+    for probe in ('beitv2/benchmarks/beitv2_vit-base_linear-100e_in1k.py',
+                  'beit/benchmarks/beit_vit-base_linear-layer9-100e_in1k.py'):
+        # only the linear head is in the optimiser: 768 (cls token) or 1536 (cls + mean)
+        dims = 768 if 'beitv2' in probe else 1536
+        assert by_name[probe]['trainable'] == dims * 1000 + 1000, probe
     print(json.dumps(by_name, indent=1), file=sys.stderr)

@@ -1,0 +1,84 @@
+"""Compare the validation metrics of finished runs side by side, as a Markdown table.
+
+    python tools/analysis_tools/compare_runs.py LABEL=WORK_DIR [LABEL=WORK_DIR ...] \
+        [--metrics accuracy/top1 mIoU] [--out table.md]
+
+Each WORK_DIR is read like ``plot_curves.py`` reads a run (the newest
+``<timestamp>/vis_data/scalars.json`` under it). For every run and metric the table gives
+the value at the LAST validation and the best one, with the step (epoch or iteration)
+where each was measured; a metric a run never logged is "-". ``tools/run_demo.sh`` uses it
+for the pretrained-vs-scratch table of the demo. Exits with 1, naming the run, when a run
+has no scalars or no validation line with any of the metrics.
+"""
+import argparse
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from plot_curves import CurvesError, load_run  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('runs', nargs='+', metavar='LABEL=WORK_DIR',
+                        help='a label for the row, "=", and the run (work dir)')
+    parser.add_argument('--metrics', nargs='+', default=['accuracy/top1', 'mIoU'],
+                        help='validation keys to report (default: accuracy/top1 mIoU)')
+    parser.add_argument('--out', help='also write the table to this Markdown file')
+    return parser.parse_args(argv)
+
+
+def summarize(run_dir, metrics):
+    """``{metric: (last, last_step, best, best_step)}`` of one run's validation lines."""
+    run = load_run(run_dir)
+    found = {}
+    for m in metrics:
+        points = [(row[m], row.get('step')) for row in run.val if m in row]
+        if points:
+            best = max(points, key=lambda p: p[0])
+            found[m] = (points[-1][0], points[-1][1], best[0], best[1])
+    if not found:
+        raise CurvesError(f'run {run_dir} has no validation line with {", ".join(metrics)} '
+                          f'(read {run.path})')
+    return found
+
+
+def render(rows, metrics):
+    head = '| run | ' + ' | '.join(f'{m} (last) | {m} (best)' for m in metrics) + ' |'
+    lines = [head, '|---' * (1 + 2 * len(metrics)) + '|']
+    for label, found in rows:
+        cells = []
+        for m in metrics:
+            if m in found:
+                last, last_step, best, best_step = found[m]
+                cells += [f'{last:.2f} (step {last_step})', f'{best:.2f} (step {best_step})']
+            else:
+                cells += ['-', '-']
+        lines.append(f'| {label} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    rows = []
+    try:
+        for spec in args.runs:
+            label, sep, path = spec.partition('=')
+            if not sep or not label or not path:
+                raise CurvesError(f'{spec!r}: give each run as LABEL=WORK_DIR')
+            rows.append((label, summarize(path, args.metrics)))
+    except CurvesError as exc:
+        sys.exit(f'compare_runs.py: {exc}')
+    table = render(rows, args.metrics)
+    print(table)
+    if args.out:
+        out_dir = os.path.dirname(os.path.abspath(args.out))
+        with tempfile.NamedTemporaryFile('w', dir=out_dir, delete=False, suffix='.tmp') as f:
+            f.write(table + '\n')
+        os.replace(f.name, args.out)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
