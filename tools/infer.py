@@ -42,7 +42,8 @@ def parse_args(argv=None):
 
 def _table(header: Sequence[str], rows: List[Sequence[str]]) -> str:
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-    line = lambda cells: '  '.join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
+    def line(cells):
+        return '  '.join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
     return '\n'.join([line(header), line(['-' * w for w in widths])] + [line(r) for r in rows])
 
 

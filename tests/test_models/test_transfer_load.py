@@ -9,7 +9,7 @@ import torch
 from mmengine.logging import MMLogger
 from _helpers import TINY, randomize_, tiny
 
-from mmbeit.models.backbones.beit_vit import BEiTViT, PretrainedMismatchError
+from mmbeit.models.backbones.beit_vit import PretrainedMismatchError
 from mmbeit.models.utils.rel_pos import build_relative_position_index, rel_pos_table_len
 
 pytestmark = pytest.mark.usefixtures('one_thread')

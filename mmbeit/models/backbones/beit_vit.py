@@ -32,8 +32,8 @@ from ..utils.rel_pos import (
     to_2tuple,
 )
 
-__all__ = ['PretrainedMismatchError', 'DropPath', 'BEiTAttention', 'BEiTMlp', 'BEiTBlock', 'BEiTViT',
-           'beit_init_weights_', 'adapt_beit_state_dict_']
+__all__ = ['PretrainedMismatchError', 'DropPath', 'BEiTAttention', 'BEiTMlp', 'BEiTBlock',
+           'BEiTViT', 'beit_init_weights_', 'adapt_beit_state_dict_']
 
 
 def beit_init_weights_(module: nn.Module, std: float = 0.02) -> None:
