@@ -26,9 +26,18 @@ train_dataloader = dict(
     persistent_workers=True,
     sampler=dict(type='DefaultSampler', shuffle=True),
     collate_fn=dict(type='pseudo_collate'),
-    # Labels are not used: the demo's ImageNet-layout train split, read as a plain folder.
-    dataset=dict(type='UnlabeledImageFolder', data_root='data/demo/imagenet/train',
+    # Self-supervised pretraining on the unlabeled TRAIN images of both downstream demo
+    # tasks (labels are not read), as a user pretrains on the images of their domain:
+    # the 640 classification images (single shapes) and the 160 segmentation scenes
+    # (wall, floor, several shapes). Validation images are never seen.
+    dataset=dict(
+        type='ConcatDataset',
+        datasets=[
+            dict(type='UnlabeledImageFolder', data_root='data/demo/imagenet/train',
                  pipeline=train_pipeline),
+            dict(type='UnlabeledImageFolder', data_root='data/demo/ade20k/images/training',
+                 pipeline=train_pipeline),
+        ]),
 )
 
 model = dict(

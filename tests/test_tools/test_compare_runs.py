@@ -20,8 +20,11 @@ def test_table_has_last_and_best_of_each_run_and_dash_for_missing(tmp_path, caps
         {'accuracy/top1': 55.0, 'step': 15}])
     # an older run in the same work dir is ignored: the newest timestamp is read
     write_run(tmp_path / 'b', '20250101_000000', [{'mIoU': 99.0, 'step': 1}])
-    write_run(tmp_path / 'b', '20260101_000000', [{'mIoU': 21.5, 'step': 250},
-                                                  {'mIoU': 34.02, 'step': 1000}])
+    # iteration-based: mmengine writes step 0 on val lines; the iteration before is used
+    write_run(tmp_path / 'b', '20260101_000000', [{'loss': 1.0, 'iter': 250, 'step': 250},
+                                                  {'mIoU': 21.5, 'step': 0},
+                                                  {'loss': 0.5, 'iter': 1000, 'step': 1000},
+                                                  {'mIoU': 34.02, 'step': 0}])
     out = tmp_path / 'table.md'
     assert tool_main(TOOL, f'ft={tmp_path / "a"}', f'seg={tmp_path / "b"}',
                      '--out', out) == ''
@@ -29,8 +32,8 @@ def test_table_has_last_and_best_of_each_run_and_dash_for_missing(tmp_path, caps
     assert printed.splitlines() == [
         '| run | accuracy/top1 (last) | accuracy/top1 (best) | mIoU (last) | mIoU (best) |',
         '|---|---|---|---|---|',
-        '| ft | 55.00 (step 15) | 57.50 (step 10) | - | - |',
-        '| seg | - | - | 34.02 (step 1000) | 34.02 (step 1000) |']
+        '| ft | 55.00 (epoch 15) | 57.50 (epoch 10) | - | - |',
+        '| seg | - | - | 34.02 (iter 1000) | 34.02 (iter 1000) |']
     assert out.read_text().strip() == printed
 
 

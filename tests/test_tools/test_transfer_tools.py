@@ -34,8 +34,12 @@ def pretrain_ckpt(tmp_path_factory, demo_data):
     cfg = tmp / 'pretrain.py'
     cfg.write_text(f'''
 _base_ = '{DEMO}/beitv2_vit-tiny-p8_vqkd-demo_30e_demo-64.py'
-train_dataloader = dict(batch_size=4, num_workers=0, persistent_workers=False,
-                        dataset=dict(data_root='{demo_data}/imagenet/train'))
+_pipe = {{{{_base_.train_pipeline}}}}
+train_dataloader = dict(batch_size=4, num_workers=0, persistent_workers=False, dataset=dict(
+    datasets=[dict(type='UnlabeledImageFolder', data_root='{demo_data}/imagenet/train',
+                   pipeline=_pipe),
+              dict(type='UnlabeledImageFolder', data_root='{demo_data}/ade20k/images/training',
+                   pipeline=_pipe)]))
 ''' + _common(2, 2))
     run_tool(['tools/train.py', cfg, '--work-dir', tmp / 'work'])
     ckpt = tmp / 'work' / 'iter_2.pth'

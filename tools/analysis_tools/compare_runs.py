@@ -5,8 +5,9 @@
 
 Each WORK_DIR is read like ``plot_curves.py`` reads a run (the newest
 ``<timestamp>/vis_data/scalars.json`` under it). For every run and metric the table gives
-the value at the LAST validation and the best one, with the step (epoch or iteration)
-where each was measured; a metric a run never logged is "-". ``tools/run_demo.sh`` uses it
+the value at the LAST validation and the best one, with where each was measured: the
+epoch of an epoch-based run, or the last training iteration before it in an
+iteration-based run (mmengine writes step 0 on those validation lines); a metric a run never logged is "-". ``tools/run_demo.sh`` uses it
 for the pretrained-vs-scratch table of the demo. Exits with 1, naming the run, when a run
 has no scalars or no validation line with any of the metrics.
 """
@@ -34,7 +35,8 @@ def summarize(run_dir, metrics):
     run = load_run(run_dir)
     found = {}
     for m in metrics:
-        points = [(row[m], row.get('step')) for row in run.val if m in row]
+        points = [(row[m], f'epoch {row["step"]}' if row.get('step') else f'iter {after}')
+                  for row, after in zip(run.val, run.val_after) if m in row]
         if points:
             best = max(points, key=lambda p: p[0])
             found[m] = (points[-1][0], points[-1][1], best[0], best[1])
@@ -52,7 +54,7 @@ def render(rows, metrics):
         for m in metrics:
             if m in found:
                 last, last_step, best, best_step = found[m]
-                cells += [f'{last:.2f} (step {last_step})', f'{best:.2f} (step {best_step})']
+                cells += [f'{last:.2f} ({last_step})', f'{best:.2f} ({best_step})']
             else:
                 cells += ['-', '-']
         lines.append(f'| {label} | ' + ' | '.join(cells) + ' |')
