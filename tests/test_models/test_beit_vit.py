@@ -6,7 +6,6 @@ import math
 import pytest
 import torch
 import torch.nn as nn
-
 from _helpers import TINY, randomize_, tiny
 
 from mmbeit.models.backbones.beit_vit import BEiTBlock, BEiTViT

@@ -6,8 +6,8 @@ import re
 
 import pytest
 import torch
-from mmengine.logging import MMLogger
 from _helpers import TINY, randomize_, tiny
+from mmengine.logging import MMLogger
 
 from mmbeit.models.backbones.beit_vit import PretrainedMismatchError
 from mmbeit.models.utils.rel_pos import build_relative_position_index, rel_pos_table_len

@@ -7,8 +7,9 @@ Each WORK_DIR is read like ``plot_curves.py`` reads a run (the newest
 ``<timestamp>/vis_data/scalars.json`` under it). For every run and metric the table gives
 the value at the LAST validation and the best one, with where each was measured: the
 epoch of an epoch-based run, or the last training iteration before it in an
-iteration-based run (mmengine writes step 0 on those validation lines); a metric a run never logged is "-". ``tools/run_demo.sh`` uses it
-for the pretrained-vs-scratch table of the demo. Exits with 1, naming the run, when a run
+iteration-based run (mmengine writes step 0 on those validation lines); a metric a run
+never logged is "-". ``tools/run_demo.sh`` uses it for the pretrained-vs-scratch table of
+the demo. Exits with 1, naming the run, when a run
 has no scalars or no validation line with any of the metrics.
 """
 import argparse
