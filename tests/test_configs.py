@@ -44,10 +44,15 @@ for path in sorted(sys.argv[1:]):
                 # as the dataset builds it in a run: mmengine's Compose, in the
                 # dataset's scope (mmpretrain's RandAugment builds its policies by
                 # their bare names)
-                with DefaultScope.overwrite_default_scope(
-                        loader.dataset.get('_scope_', cfg.default_scope)):
-                    built = Compose([dict(t) for t in loader.dataset.pipeline])
-                pipelines[split] = [type(t).__name__ for t in built.transforms]
+                # (a ConcatDataset: each of its datasets)
+                datasets = loader.dataset.get('datasets') or [loader.dataset]
+                names = []
+                for ds in datasets:
+                    with DefaultScope.overwrite_default_scope(
+                            ds.get('_scope_', cfg.default_scope)):
+                        built = Compose([dict(t) for t in ds.pipeline])
+                    names += [type(t).__name__ for t in built.transforms]
+                pipelines[split] = names
         entry['pipelines'] = pipelines
         entry['backbone_init'] = (cfg.model.get('backbone') or {}).get('init_cfg')
     results[path] = entry
