@@ -38,6 +38,7 @@ def save(model, name):
 
 
 results = {}
+ft_ckpt = None  # the 224 classifier, written when the v1 base fine-tune config is in the plan
 for pre_path, downstream in plan.items():
     cfg = Config.fromfile(pre_path)
     tg = cfg.model.target_generator
@@ -70,7 +71,7 @@ for pre_path, downstream in plan.items():
             ft_ckpt = save(model, 'finetuned')  # the classifier of the 224 run
             ft_sd = model.state_dict()
         del model
-    if 'ft_ckpt' in dir():
+    if ft_ckpt is not None:
         hr = Config.fromfile(f'{sys.argv[3]}')
         hr.model.backbone.init_cfg.checkpoint = ft_ckpt
         hr.model.head.init_cfg.checkpoint = ft_ckpt
@@ -83,7 +84,7 @@ for pre_path, downstream in plan.items():
             qkv=torch.equal(got['backbone.blocks.11.attn.qkv.weight'],
                             ft_sd['backbone.blocks.11.attn.qkv.weight']),
             table=list(got['backbone.blocks.0.attn.relative_position_bias_table'].shape))
-        del ft_ckpt
+        ft_ckpt = None
 print('RESULTS' + json.dumps(results))
 '''
 

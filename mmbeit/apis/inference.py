@@ -303,9 +303,18 @@ def _step_name(step: dict) -> str:
 
 def _build_pipeline(model: nn.Module, from_array: bool,
                     drop: Sequence[str] = ()) -> Compose:
+    """The config's test pipeline for this kind of input, built once per model."""
     cfg = getattr(model, 'cfg', None)
     if not isinstance(cfg, (Config, ConfigDict, dict)):
         raise ValueError('model has no `cfg`: build it with mmbeit.apis.init_model')
+    key = (id(cfg), from_array, tuple(drop))
+    cache = model.__dict__.setdefault('_inference_pipelines', {})
+    if key not in cache:
+        cache[key] = _compose(cfg, from_array, drop)
+    return cache[key]
+
+
+def _compose(cfg, from_array: bool, drop: Sequence[str]) -> Compose:
     steps = [s for s in _test_pipeline_cfg(cfg)
              if not any(_step_name(s).startswith(d) for d in drop)]
     if from_array and steps and _step_name(steps[0]).startswith('LoadImageFrom'):

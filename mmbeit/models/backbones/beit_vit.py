@@ -468,11 +468,15 @@ class BEiTViT(BaseModule):
             raise IndexError(f'layers {list(layers)} out of range for {self.num_layers} blocks')
         return self._run_blocks(x, mask, set(want), lambda i, t: t, want)
 
-    def _run_blocks(self, x, mask, keep, fmt, order) -> List[torch.Tensor]:
+    def _prepare(self, x: torch.Tensor, mask: Optional[torch.Tensor]):
+        """Embed ``x`` and return (tokens [B, N+1, D], shared bias or None, relative
+        position index of the input grid or None for the model grid)."""
         index = self._grid_extras((x.shape[-2] // self.patch_size,
                                    x.shape[-1] // self.patch_size))
-        x = self._embed(x, mask)
-        shared = self.shared_rel_pos_bias(index)
+        return self._embed(x, mask), self.shared_rel_pos_bias(index), index
+
+    def _run_blocks(self, x, mask, keep, fmt, order) -> List[torch.Tensor]:
+        x, shared, index = self._prepare(x, mask)
         states = {}
         for i, blk in enumerate(self.blocks[:max(keep) + 1]):
             if self.with_cp and self.training:
@@ -501,10 +505,7 @@ class BEiTViT(BaseModule):
                            mask: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
         """Attention probabilities of every block, each [B, nH, N+1, N+1], computed with
         the explicit softmax(q k^T * scale + bias) path (for visualisation)."""
-        index = self._grid_extras((x.shape[-2] // self.patch_size,
-                                   x.shape[-1] // self.patch_size))
-        x = self._embed(x, mask)
-        shared = self.shared_rel_pos_bias(index)
+        x, shared, index = self._prepare(x, mask)
         maps = []
         for blk in self.blocks:
             x, attn = blk(x, shared, return_attn=True, rel_index=index)
@@ -554,13 +555,14 @@ class BEiTViT(BaseModule):
         :class:`PretrainedMismatchError` naming the file and the keys.
         """
         from mmengine.runner.checkpoint import CheckpointLoader
+
+        from mmbeit.converters import ConversionError, unwrap_checkpoint
         ckpt = CheckpointLoader.load_checkpoint(checkpoint, map_location=map_location)
-        sd = ckpt
-        for key in ('state_dict', 'model', 'module'):
-            if isinstance(sd, dict) and isinstance(sd.get(key), dict):
-                sd = sd[key]
-                break
-        if not isinstance(sd, dict) or not sd:
+        try:
+            sd = unwrap_checkpoint(ckpt)[0]
+        except ConversionError as exc:
+            raise PretrainedMismatchError(f'{checkpoint}: {exc}') from exc
+        if not sd:
             raise PretrainedMismatchError(f'{checkpoint}: no state dict found in the file')
         notes = []
         picked = OrderedDict((k[len(prefix):], v) for k, v in sd.items()

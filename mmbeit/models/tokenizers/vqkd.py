@@ -62,17 +62,16 @@ def _task_layer(in_dims: int, out_dims: int) -> nn.Sequential:
 
 def load_tokenizer_state_dict(path: str) -> 'OrderedDict[str, torch.Tensor]':
     """Read a tokenizer checkpoint weights-only and unwrap its container (``state_dict``,
-    ``model`` or ``module``; a leading ``module.`` is stripped)."""
+    ``model`` or ``module``; a ``module.`` prefix on every key is stripped), with the
+    converters' :func:`~mmbeit.converters.unwrap_checkpoint`."""
     from mmengine.runner import CheckpointLoader
+
+    from mmbeit.converters import ConversionError, unwrap_checkpoint
     ckpt = CheckpointLoader.load_checkpoint(path, map_location='cpu')
-    for key in ('state_dict', 'model', 'module'):
-        if isinstance(ckpt, dict) and key in ckpt and isinstance(ckpt[key], dict):
-            ckpt = ckpt[key]
-            break
-    if not isinstance(ckpt, dict):
-        raise TypeError(f'{path}: expected a state dict, found {type(ckpt).__name__}')
-    return OrderedDict((k[len('module.'):] if k.startswith('module.') else k, v)
-                       for k, v in ckpt.items())
+    try:
+        return OrderedDict(unwrap_checkpoint(ckpt)[0])
+    except ConversionError as exc:
+        raise TypeError(f'{path}: {exc}') from exc
 
 
 @MODELS.register_module()
