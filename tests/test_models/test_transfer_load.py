@@ -125,6 +125,26 @@ def test_segmentation_backbone_at_a_larger_grid_gets_resized_tables(tmp_path, lo
     assert 'from grid (4, 4) to (8, 8)' in load_log()
 
 
+def test_classifier_checkpoint_into_a_segmentation_backbone(tmp_path, load_log):
+    """BEiT's ADE20K recipe can start from an ImageNet fine-tuned classifier: its
+    mean-pooling backbone has fc_norm, which a featmap backbone does not build. It is
+    dropped and logged; every other tensor loads."""
+    clf = randomize_(tiny(out_type='avg_featmap'))
+    sd = {f'backbone.{k}': v for k, v in clf.state_dict().items()}
+    assert 'backbone.fc_norm.weight' in sd
+    sd.update({'head.fc.weight': torch.zeros(5, 32), 'head.fc.bias': torch.zeros(5)})
+    torch.save({'state_dict': sd}, tmp_path / 'clf.pth')
+    seg = init_from(tmp_path / 'clf.pth', out_type='featmap', out_indices=[0, 1])
+    assert seg.fc_norm is None
+    for k, v in seg.state_dict().items():
+        assert torch.equal(v, sd[f'backbone.{k}']), k
+    assert "dropped the classifier pooling norm fc_norm (this backbone has none: " \
+           "out_type='featmap')" in load_log()
+    # a backbone that pools keeps it
+    again = init_from(tmp_path / 'clf.pth', out_type='avg_featmap')
+    assert torch.equal(again.fc_norm.weight, sd['backbone.fc_norm.weight'])
+
+
 def test_bare_official_layout_loads_and_drops_the_named_non_backbone_parts(tmp_path, load_log):
     src = pretrain_backbone()
     sd = dict(src.state_dict())

@@ -549,8 +549,9 @@ class BEiTViT(BaseModule):
         ``module``), used as is when no key carries the prefix. The load path then
         expands, resizes and drops what it must (see :func:`adapt_beit_state_dict_`).
         In a bare file the parts that are not the backbone (``lm_head``, v2
-        ``cls_pt_layers``, a classifier ``head``, an ``fc_norm`` this model lacks) are
-        dropped, each named in the log. Only ``fc_norm``, ``norm`` and ``mask_token`` may
+        ``cls_pt_layers``, a classifier ``head``) are dropped, and in any file an
+        ``fc_norm`` this model lacks (a classifier checkpoint loaded into a segmentation
+        backbone), each named in the log. Only ``fc_norm``, ``norm`` and ``mask_token`` may
         stay fresh; any other missing or unexpected key raises
         :class:`PretrainedMismatchError` naming the file and the keys.
         """
@@ -577,13 +578,22 @@ class BEiTViT(BaseModule):
             picked = OrderedDict(sd)
             notes.append(f'no key starts with {prefix!r}: read as a bare backbone '
                          '(unilm / timm layout)')
-            dropped = [k for k in picked if k.split('.')[0] in ('lm_head', 'cls_pt_layers', 'head')
-                       or (self.fc_norm is None and k.startswith('fc_norm.'))]
+            dropped = [k for k in picked if k.split('.')[0] in ('lm_head', 'cls_pt_layers', 'head')]
             for k in dropped:
                 del picked[k]
             if dropped:
                 groups = sorted({k.split('.')[0] for k in dropped})
                 notes.append(f'dropped {len(dropped)} non-backbone tensors ({", ".join(groups)})')
+        if self.fc_norm is None:
+            # A classifier's pooling norm (a mean-pooling backbone: fine-tuned checkpoints,
+            # e.g. BEiT's intermediate ImageNet fine-tuning before ADE20K), which a
+            # backbone that outputs patch tokens does not use.
+            fc_norm = [k for k in picked if k.startswith('fc_norm.')]
+            for k in fc_norm:
+                del picked[k]
+            if fc_norm:
+                notes.append('dropped the classifier pooling norm fc_norm (this backbone '
+                             f'has none: out_type={self.out_type!r})')
         result = self.load_state_dict(picked, strict=False)
         fresh_ok = ('fc_norm.', 'norm.', 'mask_token')
         missing = [k for k in result.missing_keys if not k.startswith(fresh_ok)]
