@@ -223,7 +223,10 @@ def run(args) -> Dict:
         raise ValueError(f'patch_probe: {args.config} has no model.backbone; give a '
                          'segmentation config')
     model = build_backbone(cfg, args.checkpoint, args.prefix, args.seed)
-    size = tuple(model.img_size) if hasattr(model, 'img_size') else None
+    if not hasattr(model, 'img_size'):
+        raise ValueError(f'patch_probe: the backbone {type(model).__name__} has no img_size; '
+                         'give a config whose backbone is a ViT built for one input size')
+    size = tuple(model.img_size)
     patch = model.patch_size if isinstance(model.patch_size, int) else model.patch_size[0]
     pre = cfg.model.get('data_preprocessor', {})
     mean = pre.get('mean', [0., 0., 0.])

@@ -549,9 +549,9 @@ class BEiTViT(BaseModule):
         ``module``), used as is when no key carries the prefix. The load path then
         expands, resizes and drops what it must (see :func:`adapt_beit_state_dict_`).
         In a bare file the parts that are not the backbone (``lm_head``, v2
-        ``cls_pt_layers``, a classifier ``head``) are dropped, and in any file an
+        ``cls_pt_layers``, a classifier ``head``) are dropped; so is, in any file, an
         ``fc_norm`` this model lacks (a classifier checkpoint loaded into a segmentation
-        backbone), each named in the log. Only ``fc_norm``, ``norm`` and ``mask_token`` may
+        backbone); each drop is named in the log. Only ``fc_norm``, ``norm`` and ``mask_token`` may
         stay fresh; any other missing or unexpected key raises
         :class:`PretrainedMismatchError` naming the file and the keys.
         """
