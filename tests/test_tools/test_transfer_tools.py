@@ -1,9 +1,12 @@
-"""Pretraining -> downstream, end to end through the tools (issue 6): a tiny BEiT v2
-pretraining run writes a checkpoint; the demo fine-tuning and segmentation configs start
-from that file as written (no conversion), train a few iterations, save, and
-tools/test.py reports top-1 / mIoU for the saved model. Each run is a fresh process."""
+"""Pretraining -> downstream, end to end through the tools (issue 6): a tiny run of the
+demo pretraining (HOG codebook fitted, then BEiT v2's algorithm on its tokens) writes a
+checkpoint; the demo fine-tuning and segmentation configs start from that file as
+written (no conversion), train a few iterations, save, and tools/test.py reports top-1 /
+mIoU for the saved model. Each run is a fresh process."""
+import json
 import re
 
+import numpy as np
 import pytest
 import torch
 from _helpers import ROOT, run_tool
@@ -27,21 +30,31 @@ randomness = dict(seed=0)
 '''
 
 
-@pytest.fixture(scope='module')
-def pretrain_ckpt(tmp_path_factory, demo_data):
-    """Two iterations of the demo BEiT v2 pretraining (random-weight tokenizer)."""
-    tmp = tmp_path_factory.mktemp('pretrain')
-    cfg = tmp / 'pretrain.py'
-    cfg.write_text(f'''
-_base_ = '{DEMO}/beitv2_vit-tiny-p8_vqkd-demo_30e_demo-64.py'
+def write_hog_pretrain_config(path, demo_data, extra=''):
+    """The demo pretraining config (HOG tokens), on the small generated data."""
+    path.write_text(f'''
+_base_ = '{DEMO}/beitv2_vit-tiny-p8_hog-tokens_150e_demo-64.py'
 _pipe = {{{{_base_.train_pipeline}}}}
 train_dataloader = dict(batch_size=4, num_workers=0, persistent_workers=False, dataset=dict(
     datasets=[dict(type='UnlabeledImageFolder', data_root='{demo_data}/imagenet/train',
                    pipeline=_pipe),
               dict(type='UnlabeledImageFolder', data_root='{demo_data}/ade20k/images/training',
                    pipeline=_pipe)]))
-''' + _common(2, 2))
-    run_tool(['tools/train.py', cfg, '--work-dir', tmp / 'work'])
+''' + extra)
+    return path
+
+
+@pytest.fixture(scope='module')
+def pretrain_ckpt(tmp_path_factory, demo_data):
+    """The demo's pretraining as run_demo.sh runs it, shortened: the HOG codebook fitted
+    by tools/misc/fit_hog_tokenizer.py, then two iterations of pretraining on its tokens."""
+    tmp = tmp_path_factory.mktemp('pretrain')
+    cfg = write_hog_pretrain_config(tmp / 'pretrain.py', demo_data, _common(2, 2))
+    run_tool(['tools/misc/fit_hog_tokenizer.py', cfg, '--out', tmp / 'hog.pth',
+              '--views', '1'])
+    res = run_tool(['tools/train.py', cfg, '--work-dir', tmp / 'work', '--cfg-options',
+                    f'model.target_generator.checkpoint={tmp / "hog.pth"}'])
+    assert 'HOGTokenizer: loaded a 64-token codebook' in res.stdout + res.stderr
     ckpt = tmp / 'work' / 'iter_2.pth'
     assert ckpt.exists()
     return ckpt
@@ -111,3 +124,44 @@ test_dataloader = val_dataloader
     res = run_tool(['tools/test.py', cfg, work / 'iter_2.pth', '--work-dir', tmp_path / 'ev'])
     miou = re.search(r'mIoU: ([\d.]+)', res.stdout + res.stderr)
     assert miou and 0.0 <= float(miou.group(1)) <= 100.0
+
+
+def test_fit_hog_tokenizer_tool(tmp_path, demo_data):
+    """The codebook file: what the tool says and writes, tokens it gives, and what it
+    refuses (an existing file is kept byte for byte; a VQ-KD config is named)."""
+    from mmbeit.models.tokenizers import HOGTokenizer
+    cfg = write_hog_pretrain_config(tmp_path / 'pretrain.py', demo_data)
+    out = tmp_path / 'hog.pth'
+    res = run_tool(['tools/misc/fit_hog_tokenizer.py', cfg, '--out', out, '--views', '2'])
+    n_images = 8 * 8 + 8                         # demo_data: classification + scene images
+    m = re.search(r'(\d+) images x 2 views = (\d+) views, (\d+) patches; flat \(token 0\): '
+                  r'([\d.]+)%; tokens used (\d+)% of 64', res.stdout)
+    assert m, res.stdout
+    assert [int(m[i]) for i in (1, 2, 3)] == [n_images, 2 * n_images, 2 * n_images * 64]
+    assert 30 < float(m[4]) < 90 and int(m[5]) > 50
+    ckpt = torch.load(out, map_location='cpu', weights_only=True)
+    assert ckpt['meta']['hog_tokenizer'] == dict(num_tokens=64, patch_size=8, cell_size=4,
+                                                 bins=9, flat_threshold=0.05)
+    tok = HOGTokenizer(num_tokens=64, input_size=64, checkpoint=str(out))
+    tok.init_weights()
+    assert torch.allclose(tok.codebook.norm(dim=1), torch.ones(63))
+    flat = tok.tokenize(torch.full((1, 3, 64, 64), 0.5))
+    assert flat.unique().tolist() == [0]
+    # the tokenizer analysis tool reads the same file
+    run_tool(['tools/analysis_tools/tokenize_images.py', cfg, f'{demo_data}/imagenet/val',
+              '--checkpoint', out, '--out-dir', tmp_path / 'tokens'])
+    tokens = np.load(tmp_path / 'tokens' / 'tokens.npy')
+    usage = json.loads((tmp_path / 'tokens' / 'usage.json').read_text())
+    assert tokens.shape == (8 * 2, 64) and tokens.min() >= 0 and tokens.max() < 64
+    assert usage['counts'] == np.bincount(tokens.ravel(), minlength=64).tolist()
+
+    before = out.read_bytes()
+    res = run_tool(['tools/misc/fit_hog_tokenizer.py', cfg, '--out', out], check=False)
+    assert res.returncode == 1 and f'{out} exists; keeping it (pass --force' in res.stderr
+    assert out.read_bytes() == before
+    vqkd = f'{DEMO}/beitv2_vit-tiny-p8_vqkd-demo_30e_demo-64.py'
+    res = run_tool(['tools/misc/fit_hog_tokenizer.py', vqkd, '--out', tmp_path / 'x.pth'],
+                   check=False)
+    assert res.returncode == 1
+    assert "model.target_generator is 'VQKD', not a HOGTokenizer" in res.stderr
+    assert not (tmp_path / 'x.pth').exists()

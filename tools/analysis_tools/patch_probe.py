@@ -28,7 +28,7 @@ Example (the demo pretraining against a random initialisation)::
         configs/demo/beit_vit-tiny-p8_upernet-scratch-1k_demo-ade-128.py
     python tools/analysis_tools/patch_probe.py \
         configs/demo/beit_vit-tiny-p8_upernet-scratch-1k_demo-ade-128.py \
-        --checkpoint work_dirs/demo/latest/pretrain/epoch_30.pth
+        --checkpoint work_dirs/demo/latest/pretrain/epoch_150.pth
 """
 import argparse
 import json

@@ -1,10 +1,12 @@
 """Tokenize images with a visual tokenizer and report how the codebook is used.
 
-Works with every mmbeit tokenizer (``VQKD``, ``DALLETokenizer``): CONFIG is a tokenizer
-config (``configs/tokenizers/*.py``), a VQ-KD training config (``configs/vqkd/*.py``; the
-teacher and decoder are not built) or any config whose ``model.target_generator`` is a
-tokenizer. Images are resized (short side, bicubic) and centre-cropped to the tokenizer's
-input size, scaled to [0, 1] RGB, and tokenized in eval mode.
+Works with every mmbeit tokenizer (``VQKD``, ``DALLETokenizer``, ``HOGTokenizer``): CONFIG
+is a tokenizer config (``configs/tokenizers/*.py``), a VQ-KD training config
+(``configs/vqkd/*.py``; the teacher and decoder are not built) or any config whose
+``model.target_generator`` is a tokenizer (for HOG tokens, ``--checkpoint`` is the
+codebook of ``tools/misc/fit_hog_tokenizer.py``). Images are resized (short side,
+bicubic) and centre-cropped to the tokenizer's input size, scaled to [0, 1] RGB, and
+tokenized in eval mode.
 
 Prints a table (images, tokens, codes used, usage, perplexity, the most frequent codes)
 and writes to ``--out-dir``:
@@ -97,7 +99,7 @@ def build_tokenizer(args):
     from mmengine.registry import DefaultScope
 
     import mmbeit.models  # noqa: F401  (registers the tokenizers)
-    from mmbeit.models.tokenizers import VQKD, DALLETokenizer, load_dalle_weights
+    from mmbeit.models.tokenizers import VQKD, DALLETokenizer, HOGTokenizer, load_dalle_weights
     from mmbeit.registry import MODELS
 
     # mmengine reports every initialised tensor at INFO; keep the output to the report.
@@ -119,15 +121,19 @@ def build_tokenizer(args):
             model_cfg.update(with_decoder=True, decoder_checkpoint=None)
         if args.checkpoint:
             model_cfg.update(encoder_checkpoint=None)
+    if args.checkpoint and model_cfg.get('type') in ('HOGTokenizer', 'mmbeit.HOGTokenizer'):
+        model_cfg.update(checkpoint=None)
     with DefaultScope.overwrite_default_scope('mmbeit'):
         tok = MODELS.build(model_cfg)
-    if not isinstance(tok, (VQKD, DALLETokenizer)):
+    if not isinstance(tok, (VQKD, DALLETokenizer, HOGTokenizer)):
         raise SystemExit(f'error: {args.config}: model type {model_cfg.get("type")!r} is not a '
-                         'tokenizer (VQKD or DALLETokenizer)')
+                         'tokenizer (VQKD, DALLETokenizer or HOGTokenizer)')
     tok.init_weights()
     if args.checkpoint:
         if isinstance(tok, VQKD):
             tok.load_tokenizer(args.checkpoint)
+        elif isinstance(tok, HOGTokenizer):
+            tok.load_codebook(args.checkpoint)
         else:
             load_dalle_weights(args.checkpoint, 'encoder', module=tok.encoder)
     if args.decoder_checkpoint:
