@@ -62,7 +62,8 @@ MODEL_WRAPPERS = Registry(
     'model wrapper', parent=MMENGINE_MODEL_WRAPPERS, locations=['mmbeit.models'])
 WEIGHT_INITIALIZERS = Registry(
     'weight initializer', parent=MMENGINE_WEIGHT_INITIALIZERS, locations=['mmbeit.models'])
-TASK_UTILS = Registry('task util', parent=MMENGINE_TASK_UTILS, locations=['mmbeit.models'])
+TASK_UTILS = Registry('task util', parent=MMENGINE_TASK_UTILS,
+                      locations=['mmbeit.models', 'mmbeit.datasets'])
 
 # optimisation
 OPTIMIZERS = Registry(

@@ -44,9 +44,13 @@ for path in sorted(sys.argv[1:]):
                 # as the dataset builds it in a run: mmengine's Compose, in the
                 # dataset's scope (mmpretrain's RandAugment builds its policies by
                 # their bare names)
-                # (a ConcatDataset: each of its datasets)
-                datasets = loader.dataset.get('datasets') or [loader.dataset]
-                names = []
+                # (a SeededDataset: the dataset it wraps; a ConcatDataset: each of its
+                # datasets)
+                datasets, names = [loader.dataset], []
+                while any('pipeline' not in d for d in datasets):
+                    datasets = [c for d in datasets for c in (
+                        [d] if 'pipeline' in d else
+                        [d.dataset] if 'dataset' in d else d.datasets)]
                 for ds in datasets:
                     with DefaultScope.overwrite_default_scope(
                             ds.get('_scope_', cfg.default_scope)):
@@ -54,6 +58,9 @@ for path in sorted(sys.argv[1:]):
                     names += [type(t).__name__ for t in built.transforms]
                 pipelines[split] = names
         entry['pipelines'] = pipelines
+        train = cfg.get('train_dataloader') or {}
+        entry['train_sampler'] = (train.get('sampler') or {}).get('type')
+        entry['train_dataset'] = (train.get('dataset') or {}).get('type')
         entry['backbone_init'] = (cfg.model.get('backbone') or {}).get('init_cfg')
     results[path] = entry
 print('RESULTS' + json.dumps(results))
@@ -80,6 +87,15 @@ def test_every_config_builds():
     assert dino['trainable'] > clip['trainable']  # 768-d decode task layer instead of 512
     assert by_name['tokenizers/dalle_dvae_openai.py']['type'] == 'DALLETokenizer'
     assert by_name['tokenizers/vqkd_vit-base_clip_official.py']['type'] == 'VQKD'
+
+    # Pretraining configs draw each sample's mask in the pipeline, seeded per sample.
+    pretrain = sorted(k for k, v in by_name.items() if v['type'] == 'BEiT')
+    assert len(pretrain) == 8  # beit: base, large; beitv2: 2 x 2; demo: VQ-KD, HOG tokens
+    for name in pretrain:
+        entry = by_name[name]
+        assert entry['pipelines']['train'][-2:] == ['MIMMask', 'PackMIMInputs'], name
+        assert entry['train_sampler'] == 'mmbeit.SeededSampler', name
+        assert entry['train_dataset'] in ('mmbeit.SeededDataset', 'SeededDataset'), name
 
     # Transfer configs: every one that trains has a train and a test pipeline, and
     # each downstream config starts from a checkpoint that our own runs write.

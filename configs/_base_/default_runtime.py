@@ -9,6 +9,9 @@ default_hooks = dict(
     param_scheduler=dict(type='ParamSchedulerHook'),
     checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3),
     sampler_seed=dict(type='DistSamplerSeedHook'),
+    # training-step RNGs (drop path) reseeded from (seed, iteration, rank) every
+    # iteration: different on every rank, replayed exactly by --resume
+    iteration_seed=dict(type='IterationSeedHook'),
 )
 
 env_cfg = dict(

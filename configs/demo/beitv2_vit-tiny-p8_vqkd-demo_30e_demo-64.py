@@ -18,35 +18,39 @@ train_pipeline = [
     dict(type='mmbeit.BEiTMaskedViews', img_size=64, target_size=64, interpolation='bicubic',
          target_interpolation='bicubic', scale=(0.2, 1.0), color_jitter=(0.4, 0.4, 0.4, 0.0),
          flip_prob=0.5),
+    dict(type='mmbeit.MIMMask', patch_size=8,  # 8 x 8 grid, 40% in blocks
+         generator=dict(type='BlockwiseMaskGenerator', mask_ratio=0.4, min_num_patches=4,
+                        min_aspect=0.3, exact=True)),
     dict(type='mmbeit.PackMIMInputs'),
 ]
 train_dataloader = dict(
     batch_size=32,
     num_workers=2,
     persistent_workers=True,
-    sampler=dict(type='DefaultSampler', shuffle=True),
-    collate_fn=dict(type='pseudo_collate'),
+    # per-sample randomness from (seed, epoch, position): see configs/_base_/datasets/
+    sampler=dict(type='mmbeit.SeededSampler', shuffle=True),
+    collate_fn=dict(type='default_collate'),
     # Self-supervised pretraining on the unlabeled TRAIN images of both downstream demo
     # tasks (labels are not read), as a user pretrains on the images of their domain:
     # the 640 classification images (single shapes) and the 160 segmentation scenes
     # (wall, floor, several shapes). Validation images are never seen.
     dataset=dict(
-        type='ConcatDataset',
-        datasets=[
-            dict(type='UnlabeledImageFolder', data_root='data/demo/imagenet/train',
-                 pipeline=train_pipeline),
-            dict(type='UnlabeledImageFolder', data_root='data/demo/ade20k/images/training',
-                 pipeline=train_pipeline),
-        ]),
+        type='SeededDataset',
+        dataset=dict(
+            type='ConcatDataset',
+            datasets=[
+                dict(type='UnlabeledImageFolder', data_root='data/demo/imagenet/train',
+                     pipeline=train_pipeline),
+                dict(type='UnlabeledImageFolder',
+                     data_root='data/demo/ade20k/images/training', pipeline=train_pipeline),
+            ])),
 )
 
 model = dict(
     type='BEiT',
     data_preprocessor=dict(
         type='MIMDataPreprocessor', mean=[123.675, 116.28, 103.53],
-        std=[58.395, 57.12, 57.375], patch_size=8,
-        mask_generator=dict(type='BlockwiseMaskGenerator', mask_ratio=0.4, min_num_patches=4,
-                            min_aspect=0.3, exact=True)),
+        std=[58.395, 57.12, 57.375], patch_size=8),
     backbone=dict(
         type='BEiTViT', arch=arch, img_size=64, patch_size=8, rel_pos_bias='shared',
         layer_scale_init_value=0.1, drop_path_rate=0., use_mask_token=True, final_norm=True,

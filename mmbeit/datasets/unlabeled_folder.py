@@ -106,7 +106,8 @@ class UnlabeledImageFolder(BaseDataset):
     def _folder_error(self, what: str) -> FileNotFoundError:
         return FileNotFoundError(
             f'UnlabeledImageFolder: {what}; set data_root in the config, or on the command '
-            f'line with --cfg-options train_dataloader.dataset.data_root=/path/to/images')
+            f'line (pretraining configs, where SeededDataset wraps it) with --cfg-options '
+            f'train_dataloader.dataset.dataset.data_root=/path/to/images')
 
     def load_data_list(self) -> List[dict]:
         folder = self.img_folder

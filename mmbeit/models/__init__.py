@@ -1,5 +1,4 @@
-"""mmbeit models: importing this package registers them in ``mmbeit.registry.MODELS``
-(and the mask generators in ``mmbeit.registry.TASK_UTILS``)."""
+"""mmbeit models: importing this package registers them in ``mmbeit.registry.MODELS``."""
 from . import (  # noqa: F401
     algorithms,
     backbones,

@@ -18,6 +18,7 @@ from torchvision.transforms import functional as F
 from mmbeit.datasets import (
     BEiTMaskedViews,
     LoadImageRGB,
+    MIMMask,
     PackMIMInputs,
     UnlabeledImageFolder,
     list_images,
@@ -252,16 +253,18 @@ def test_views_reject_non_rgb_uint8_input():
 
 def test_pack_shapes_dtypes_and_values():
     img, target = random_image(20, 30, 1), random_image(10, 15, 2)
-    out = PackMIMInputs()(dict(img=img, target_img=target, img_path='a/b.png',
+    mask = np.arange(6) % 2 == 0
+    out = PackMIMInputs()(dict(img=img, target_img=target, mask=mask, img_path='a/b.png',
                                img_shape=(20, 30), ori_shape=(50, 60), flip=True))
     assert set(out) == {'inputs', 'data_samples'}
-    x, y = out['inputs']
+    x, y, m = out['inputs']
     assert isinstance(out['inputs'], list)
-    assert x.dtype == y.dtype == torch.uint8
-    assert x.shape == (3, 20, 30) and y.shape == (3, 10, 15)
+    assert x.dtype == y.dtype == torch.uint8 and m.dtype == torch.bool
+    assert x.shape == (3, 20, 30) and y.shape == (3, 10, 15) and m.shape == (6,)
     assert x.is_contiguous() and y.is_contiguous()
     np.testing.assert_array_equal(x.permute(1, 2, 0).numpy(), img)   # channel 0 is R
     np.testing.assert_array_equal(y.permute(1, 2, 0).numpy(), target)
+    np.testing.assert_array_equal(m.numpy(), mask)
     sample = out['data_samples']
     assert isinstance(sample, BaseDataElement)
     assert sample.metainfo == dict(img_path='a/b.png', img_shape=(20, 30), ori_shape=(50, 60))
@@ -271,14 +274,25 @@ def test_pack_errors():
     with pytest.raises(KeyError, match=r"PackMIMInputs needs results\['target_img'\]; put "
                                        r'BEiTMaskedViews before it in the pipeline'):
         PackMIMInputs()(dict(img=random_image(4, 4)))
+    with pytest.raises(KeyError, match=r"PackMIMInputs needs results\['mask'\]; put "
+                                       r'MIMMask before it in the pipeline'):
+        PackMIMInputs()(dict(img=random_image(4, 4), target_img=random_image(4, 4)))
     with pytest.raises(TypeError) as err:
-        PackMIMInputs()(dict(img=random_image(4, 4), target_img=np.zeros((4, 4, 3))))
+        PackMIMInputs()(dict(img=random_image(4, 4), target_img=np.zeros((4, 4, 3)),
+                             mask=np.zeros(4, bool)))
     assert str(err.value) == ("PackMIMInputs needs results['target_img'] as an HxWx3 uint8 "
                               'RGB array, got float64 array of shape (4, 4, 3)')
+    with pytest.raises(TypeError) as err:
+        PackMIMInputs()(dict(img=random_image(4, 4), target_img=random_image(4, 4),
+                             mask=np.zeros((2, 2), bool)))
+    assert str(err.value) == ("PackMIMInputs needs results['mask'] as a 1-D bool array "
+                              '(MIMMask), got bool array of shape (2, 2)')
 
 
-def test_collate_gives_one_sequence_per_view():
-    pipeline = [BEiTMaskedViews(img_size=32, target_size=16), PackMIMInputs()]
+def test_collate_gives_one_entry_per_input():
+    pipeline = [BEiTMaskedViews(img_size=32, target_size=16),
+                MIMMask(patch_size=8, generator=dict(type='RandomMaskGenerator')),
+                PackMIMInputs()]
     samples = []
     for i in range(3):
         results = dict(img=random_image(40, 50, i), img_path=f'{i}.png')
@@ -286,16 +300,19 @@ def test_collate_gives_one_sequence_per_view():
             results = t(results)
         samples.append(results)
     batch = pseudo_collate(samples)
-    imgs, targets = batch['inputs']
-    assert len(imgs) == len(targets) == 3
+    imgs, targets, masks = batch['inputs']
+    assert len(imgs) == len(targets) == len(masks) == 3
     assert all(x.shape == (3, 32, 32) and x.dtype == torch.uint8 for x in imgs)
     assert all(y.shape == (3, 16, 16) for y in targets)
+    assert all(m.shape == (16,) and m.dtype == torch.bool for m in masks)
     for i in range(3):
         assert imgs[i] is samples[i]['inputs'][0] and targets[i] is samples[i]['inputs'][1]
     assert [d.img_path for d in batch['data_samples']] == ['0.png', '1.png', '2.png']
     stacked = default_collate(samples)['inputs']
     assert stacked[0].shape == (3, 3, 32, 32) and stacked[1].shape == (3, 3, 16, 16)
+    assert stacked[2].shape == (3, 16)
     assert torch.equal(stacked[0], torch.stack(imgs))
+    assert torch.equal(stacked[2], torch.stack(masks))
 
 
 # ---------------------------------------------------------------- UnlabeledImageFolder
@@ -341,8 +358,9 @@ def test_folder_dataset_ann_file(tmp_path):
 
 def test_folder_dataset_errors(tmp_path):
     missing = str(tmp_path / 'nowhere')
-    hint = ('; set data_root in the config, or on the command line with --cfg-options '
-            'train_dataloader.dataset.data_root=/path/to/images')
+    hint = ('; set data_root in the config, or on the command line (pretraining configs, '
+            'where SeededDataset wraps it) with --cfg-options '
+            'train_dataloader.dataset.dataset.data_root=/path/to/images')
     with pytest.raises(FileNotFoundError) as err:
         UnlabeledImageFolder(data_root=missing)
     assert str(err.value) == f"UnlabeledImageFolder: data_root '{missing}' is not a folder{hint}"
@@ -388,6 +406,8 @@ def test_corrupt_image_in_dataset_raises_instead_of_skipping(tmp_path):
 def mim_pipeline(prefix='', **view_kwargs):
     return [dict(type=f'{prefix}LoadImageRGB'),
             dict(type=f'{prefix}BEiTMaskedViews', **view_kwargs),
+            dict(type=f'{prefix}MIMMask', patch_size=4,
+                 generator=dict(type='RandomMaskGenerator', mask_ratio=0.5)),
             dict(type=f'{prefix}PackMIMInputs')]
 
 
@@ -402,8 +422,9 @@ def test_dataloader_over_folder_dataset_built_from_the_registry(tmp_path):
         loader = Runner.build_dataloader(cfg, seed=0)
         assert type(loader.dataset) is UnlabeledImageFolder
         batch = next(iter(loader))
-    imgs, targets = batch['inputs']
-    assert len(imgs) == len(targets) == 4
+    imgs, targets, masks = batch['inputs']
+    assert len(imgs) == len(targets) == len(masks) == 4
+    assert all(m.shape == (64,) and m.sum() == 32 for m in masks)
     assert all(x.shape == (3, 32, 32) and x.dtype == torch.uint8 for x in imgs)
     assert all(y.shape == (3, 16, 16) and y.dtype == torch.uint8 for y in targets)
     assert [d.img_path for d in batch['data_samples']] == [
@@ -417,8 +438,8 @@ def test_folder_dataset_builds_its_pipeline_in_mmbeit_without_a_default_scope(tm
     ds = UnlabeledImageFolder(data_root=str(tmp_path),
                               pipeline=mim_pipeline(img_size=8, target_size=4))
     assert [type(t) for t in ds.pipeline.transforms] == [LoadImageRGB, BEiTMaskedViews,
-                                                         PackMIMInputs]
-    assert [tuple(x.shape) for x in ds[0]['inputs']] == [(3, 8, 8), (3, 4, 4)]
+                                                         MIMMask, PackMIMInputs]
+    assert [tuple(x.shape) for x in ds[0]['inputs']] == [(3, 8, 8), (3, 4, 4), (4,)]
 
 
 def test_same_pipeline_on_mmpretrain_imagenet_and_folder(demo_data):
@@ -437,7 +458,7 @@ def test_same_pipeline_on_mmpretrain_imagenet_and_folder(demo_data):
             data_prefix='train'))
     assert type(imagenet).__module__.startswith('mmpretrain.')
     assert [type(t) for t in imagenet.pipeline.transforms] == [LoadImageRGB, BEiTMaskedViews,
-                                                               PackMIMInputs]
+                                                               MIMMask, PackMIMInputs]
     paths = [imagenet.get_data_info(i)['img_path'] for i in range(len(imagenet))]
     assert len(paths) == 64
     assert sorted(paths) == [folder.get_data_info(i)['img_path'] for i in range(len(folder))]
@@ -453,7 +474,7 @@ def test_same_pipeline_on_mmpretrain_imagenet_and_folder(demo_data):
             full.resize((48, 48), Image.Resampling.BICUBIC)))
         np.testing.assert_array_equal(a['inputs'][1].permute(1, 2, 0).numpy(), np.array(
             full.resize((24, 24), Image.Resampling.LANCZOS)))
-        for x, y in zip(a['inputs'], b['inputs']):
+        for x, y in zip(a['inputs'][:2], b['inputs'][:2]):
             assert torch.equal(x, y)
     # With random augmentation the two datasets still agree sample by sample.
     with DefaultScope.overwrite_default_scope('mmbeit'):
@@ -463,8 +484,10 @@ def test_same_pipeline_on_mmpretrain_imagenet_and_folder(demo_data):
     folder_aug = UnlabeledImageFolder(data_root=root, data_prefix='train',
                                       pipeline=mim_pipeline(img_size=32, target_size=16))
     torch.manual_seed(3)
+    np.random.seed(3)
     a = imagenet_aug[5]
     torch.manual_seed(3)
+    np.random.seed(3)
     b = folder_aug[index[paths[5]]]
     assert all(torch.equal(x, y) for x, y in zip(a['inputs'], b['inputs']))
-    assert [tuple(x.shape) for x in a['inputs']] == [(3, 32, 32), (3, 16, 16)]
+    assert [tuple(x.shape) for x in a['inputs']] == [(3, 32, 32), (3, 16, 16), (64,)]

@@ -1,4 +1,4 @@
-"""BEiT / BEiT v2 pretraining pieces (beit-spec.md 4.1): MIMHead, BEiTV2Neck,
+"""BEiT / BEiT v2 pretraining pieces: MIMHead, BEiTV2Neck,
 MIMDataPreprocessor, the BEiT algorithm, and frozen sub-models kept out of checkpoints.
 The v1 and v2 losses are checked against hand-assembled computations that use only the
 backbone's blocks and plain torch ops."""
@@ -30,9 +30,7 @@ def build(v2=True, vocab=16, **kw):
                                                         img_size=32, patch_size=8),
                               with_decoder=False, quantizer=dict(num_tokens=vocab,
                                                                  embed_dims=8)),
-        data_preprocessor=dict(type='MIMDataPreprocessor', patch_size=8,
-                               mask_generator=dict(type='BlockwiseMaskGenerator',
-                                                   mask_ratio=0.5, min_num_patches=2)))
+        data_preprocessor=dict(type='MIMDataPreprocessor', patch_size=8))
     cfg.update(kw)
     with DefaultScope.overwrite_default_scope('mmbeit'):
         torch.manual_seed(0)
@@ -45,11 +43,19 @@ def build(v2=True, vocab=16, **kw):
 
 
 def batch(b=3, size=32, seed=0):
-    """What PackMIMInputs + pseudo_collate deliver: inputs = [views, tokenizer_views]."""
+    """What MIMMask + PackMIMInputs + pseudo_collate deliver:
+    inputs = [views, tokenizer_views, masks] (half of each 4 x 4 grid masked in blocks)."""
+    import numpy as np
     from mmengine.dataset import pseudo_collate
+
+    from mmbeit.datasets import BlockwiseMaskGenerator
     g = torch.Generator().manual_seed(seed)
+    np.random.seed(seed)
+    gen = BlockwiseMaskGenerator(mask_ratio=0.5, min_num_patches=2)
     samples = [dict(inputs=[torch.randint(0, 256, (3, size, size), dtype=torch.uint8,
-                                          generator=g) for _ in range(2)]) for _ in range(b)]
+                                          generator=g) for _ in range(2)]
+                    + [torch.from_numpy(gen.sample((size // 8, size // 8)))])
+               for _ in range(b)]
     return pseudo_collate(samples)
 
 
@@ -162,7 +168,7 @@ def test_grid_and_vocab_mismatch_errors():
                             final_norm=True, rel_pos_bias='shared', out_type='raw'))
 
 
-def test_preprocessor_normalises_views_and_draws_masks():
+def test_preprocessor_normalises_views_and_moves_masks():
     model = build(v2=True)
     data = batch(b=2)
     d = model.data_preprocessor(data, True)
@@ -172,16 +178,25 @@ def test_preprocessor_normalises_views_and_draws_masks():
     torch.testing.assert_close(d['inputs'], (img - mean) / std)
     tgt = torch.stack(data['inputs'][1]).float() / 255
     torch.testing.assert_close(d['target_inputs'], tgt)
-    assert d['mask'].dtype == torch.bool and d['mask'].shape == (2, 16)
-    assert d['mask'].sum(1).tolist() == [8, 8]  # mask_ratio 0.5 of a 4 x 4 grid, exact
-    # default_collate's already stacked views give the same result
-    stacked = dict(inputs=[torch.stack(data['inputs'][0]), torch.stack(data['inputs'][1])])
-    np_state = __import__('numpy').random.get_state()
+    assert torch.equal(d['mask'], torch.stack(data['inputs'][2]))  # the pipeline's masks
+    assert d['mask'].dtype == torch.bool and d['mask'].sum(1).tolist() == [8, 8]
+    # default_collate's already stacked entries give the same result
+    stacked = dict(inputs=[torch.stack(v) for v in data['inputs']])
     d2 = model.data_preprocessor(stacked, True)
-    torch.testing.assert_close(d2['inputs'], d['inputs'])
-    assert np_state is not None
-    with pytest.raises(TypeError, match='end the pipeline with PackMIMInputs'):
-        model.data_preprocessor(dict(inputs=[torch.zeros(3, 32, 32)]), True)
+    for key in ('inputs', 'target_inputs', 'mask'):
+        assert torch.equal(d2[key], d[key])
+    with pytest.raises(TypeError, match=r'MIMDataPreprocessor expects inputs = \[views, '
+                       r'tokenizer_views, masks\] \(pipeline: ... BEiTMaskedViews, MIMMask, '
+                       r'PackMIMInputs\), got 2 entries'):
+        model.data_preprocessor(dict(inputs=stacked['inputs'][:2]), True)
+    with pytest.raises(ValueError, match=r'masks must be bool \[B, N\] = \[2, 16\] for 32x32 '
+                       r'views and patch_size 8, got torch.bool \[2, 64\]'):
+        model.data_preprocessor(dict(inputs=stacked['inputs'][:2] + [
+            torch.zeros(2, 64, dtype=torch.bool)]), True)
+    with pytest.raises(TypeError, match=r'MIMDataPreprocessor no longer draws masks: move '
+                       r"mask_generator=... into the training pipeline as dict\(type='mmbeit"
+                       r".MIMMask'"):
+        MODELS.build(dict(type='MIMDataPreprocessor', mask_generator=dict()))
 
 
 def test_neck_init_and_drop_path_rates():

@@ -13,8 +13,9 @@ CFG = f'{ROOT}/configs/beitv2/beitv2_vit-base_300e.py'
 
 
 def options(data, batch=2):
-    return ['--cfg-options', f'train_dataloader.dataset.data_root={data}/imagenet',
-            f'train_dataloader.dataset.indices={batch}', f'train_dataloader.batch_size={batch}',
+    return ['--cfg-options', f'train_dataloader.dataset.dataset.data_root={data}/imagenet',
+            f'train_dataloader.dataset.dataset.indices={batch}',
+            f'train_dataloader.batch_size={batch}',
             'train_dataloader.num_workers=0', 'train_dataloader.persistent_workers=False',
             'train_cfg.max_epochs=1', 'default_hooks.logger.interval=1',
             'model.target_generator.checkpoint=None']

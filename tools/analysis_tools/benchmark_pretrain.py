@@ -11,10 +11,10 @@ run k-means every step). Both sides see the same random uint8 batch (two views).
 
 One iteration, as the runner's ``train_step`` does it, on both sides:
 
-- the data preprocessor (normalisation of both views) and the masks: ours draws them in
-  ``MIMDataPreprocessor`` (``BlockwiseMaskGenerator``); mmpretrain's come from its
-  ``BEiTMaskGenerator`` pipeline transform, run here per sample inside the step (in real
-  training it runs in the dataloader workers). Both mask exactly the same number of
+- the data preprocessor (normalisation of both views) and the masks: both come from a
+  pipeline transform in real training (ours ``MIMMask`` with ``BlockwiseMaskGenerator``,
+  mmpretrain's ``BEiTMaskGenerator``), run in the dataloader workers; here both are run
+  per sample inside the step, so the column shows their cost. Both mask exactly the same number of
   patches (75 of 196 at base), so both do the same work, but the masks themselves differ
   (different generators). The column ``mask ms`` is the time spent drawing them;
 - the tokenizer forward (no grad), backbone, neck, head, both cross-entropy losses;
@@ -25,6 +25,16 @@ One iteration, as the runner's ``train_step`` does it, on both sides:
 ``--dtype bf16|fp16`` runs the preprocessor and forward under ``torch.autocast``.
 ``--with-cp``: our backbone's ``with_cp``; mmpretrain's backbone has no such option, so
 its blocks are wrapped here in the same ``torch.utils.checkpoint`` call.
+``--compile [BACKEND]`` times both models under ``torch.compile`` (default backend
+``inductor``; the data preprocessor and the optimizer step stay eager): the first step runs
+eager, then ``--warmup`` compiled steps (compilation happens there) come before the timed ones.
+
+FLOPs: the first step of every run (forward, backward and optimizer step) is counted with
+``torch.utils.flop_counter.FlopCounterMode``, which counts the matrix products,
+convolutions and attention kernels (2 FLOPs per multiply-add; element-wise work such as
+softmax, LayerNorm, GELU and AdamW is not counted). The table gives it per image, the
+TFLOP/s it implies, and with ``--peak-tflops P`` the model FLOPs utilisation (MFU) against
+that peak: e.g. 989 for an H100 / H200 SXM in dense bf16 (datasheet).
 
 Each measurement is its own subprocess, the implementations alternate over ``--repeats``
 rounds and the table gives medians: speed-up of mmbeit (mmpretrain's time / mmbeit's) and
@@ -39,13 +49,15 @@ Example::
 
     python tools/analysis_tools/benchmark_pretrain.py --arch base --batch 4 --iters 3 \\
         --warmup 1 --repeats 3
-    python tools/analysis_tools/benchmark_pretrain.py --device cuda --dtype bf16 --batch 64
+    python tools/analysis_tools/benchmark_pretrain.py --device cuda --dtype bf16 --batch 128 \
+        --iters 20 --warmup 5 --repeats 1 --compile --peak-tflops 989
 """
 import argparse
 import json
 import math
 import sys
 import time
+from typing import Optional
 
 from benchmark_common import current_rss_kb, medians, peak_memory_mb, run_rounds
 
@@ -83,10 +95,7 @@ def mmbeit_cfg(name: str, with_cp: bool) -> dict:
     return dict(
         type='BEiT',
         data_preprocessor=dict(
-            type='MIMDataPreprocessor', mean=MEAN, std=STD, patch_size=a['patch_size'],
-            mask_generator=dict(type='BlockwiseMaskGenerator',
-                                num_masking_patches=a['masked'],
-                                min_num_patches=a['min_block'], min_aspect=0.3, exact=True)),
+            type='MIMDataPreprocessor', mean=MEAN, std=STD, patch_size=a['patch_size']),
         backbone=dict(
             type='BEiTViT', arch=_arch_arg(name), img_size=a['img_size'],
             patch_size=a['patch_size'], use_abs_pos_emb=False, rel_pos_bias='shared',
@@ -192,16 +201,23 @@ def build(impl: str, args):
     if impl == 'mmpretrain' and args.with_cp:
         _checkpoint_blocks(model.backbone)
 
+    grid = a['img_size'] // a['patch_size']
     if impl == 'mmbeit':
-        timer = _Timed(model.data_preprocessor.mask_generator)
-        model.data_preprocessor.mask_generator = timer
-        # pseudo_collate's layout: [views, tokenizer views], B tensors each
-        data = dict(inputs=[list(v.unbind(0)) for v in views])
-        return model, lambda: data, timer
+        from mmbeit.datasets import BlockwiseMaskGenerator
+        generator = BlockwiseMaskGenerator(num_masking_patches=a['masked'],
+                                           min_num_patches=a['min_block'], min_aspect=0.3,
+                                           exact=True)
+
+        def draw_masks():  # one MIMMask draw per sample, stacked as default_collate does
+            return torch.stack([torch.from_numpy(generator.sample((grid, grid)))
+                                for _ in range(args.batch)])
+
+        timer = _Timed(draw_masks)
+        # default_collate's layout: [views, tokenizer views, masks], stacked
+        return model, lambda: dict(inputs=views + [timer()]), timer
 
     from mmpretrain.datasets.transforms import BEiTMaskGenerator
     from mmpretrain.structures import DataSample
-    grid = a['img_size'] // a['patch_size']
     transform = BEiTMaskGenerator(input_size=(grid, grid), num_masking_patches=a['masked'],
                                   max_num_patches=a['masked'], min_num_patches=a['min_block'])
 
@@ -217,6 +233,7 @@ def measure(args) -> dict:
     import numpy as np
     import torch
     from mmengine.optim import AmpOptimWrapper, OptimWrapper
+    from torch.utils.flop_counter import FlopCounterMode
     torch.manual_seed(0)
     np.random.seed(0)
     device = torch.device(args.device)
@@ -233,20 +250,26 @@ def measure(args) -> dict:
     else:
         optim_wrapper = OptimWrapper(**optim)
 
+    forward = model                   # torch.compile(model) after the first step
+
     def step():
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             data = model.data_preprocessor(make_data(), True)
-            losses = model(**data, mode='loss')
+            losses = forward(**data, mode='loss')
         loss, _ = model.parse_losses(losses)
         optim_wrapper.update_params(loss)
         return losses
 
     rss_before = current_rss_kb()
-    losses = step()                   # the first warm-up step
+    with FlopCounterMode(display=False) as flop_counter:
+        losses = step()               # the first warm-up step, always eager
+    flops = flop_counter.get_total_flops()
     first = {k: float(v) for k, v in losses.items() if k.startswith('loss')}
     if not all(math.isfinite(v) for v in first.values()):
         sys.exit(f'{args.impl}: non-finite first losses {first}')
-    for _ in range(args.warmup - 1):
+    if args.compile:
+        forward = torch.compile(model, backend=args.compile)
+    for _ in range(args.warmup - (0 if args.compile else 1)):
         step()
     if device.type == 'cuda':
         torch.cuda.synchronize()
@@ -259,10 +282,17 @@ def measure(args) -> dict:
     seconds = (time.perf_counter() - start) / args.iters
     n_params = sum(p.numel() for n, p in model.named_parameters()
                    if not n.startswith('target_generator.'))
+    gflop = flops / args.batch / 1e9
     return dict(impl=args.impl, seconds=seconds, img_per_s=args.batch / seconds,
                 mask_ms=1e3 * mask_timer.seconds / args.iters,
                 mem_mb=peak_memory_mb(device.type, rss_before), params_m=n_params / 1e6,
+                gflop_per_img=gflop, tflops=gflop * args.batch / seconds / 1e3,
                 loss_1=first['loss_1'], loss_2=first['loss_2'])
+
+
+def mfu(tflops: float, peak_tflops: Optional[float]) -> Optional[float]:
+    """Model FLOPs utilisation: achieved TFLOP/s over the peak (None without a peak)."""
+    return tflops / peak_tflops if peak_tflops else None
 
 
 def report(args, med: dict, results: dict) -> str:
@@ -270,18 +300,24 @@ def report(args, med: dict, results: dict) -> str:
     lines = [
         f'BEiT v2 pretraining iteration, {args.arch} @ {ARCHS[args.arch]["img_size"]}, '
         f'batch {args.batch}, {args.device} {args.dtype}'
-        f'{", with_cp" if args.with_cp else ""}: median of {args.repeats} x {args.iters} '
-        f'iters ({args.warmup} warm-up)',
-        '| impl | params (M) | s / iter | img / s | mask ms / iter | peak mem (MB) |',
-        '|---|---|---|---|---|---|',
+        f'{", with_cp" if args.with_cp else ""}'
+        f'{f", compiled ({args.compile})" if args.compile else ""}: median of {args.repeats} '
+        f'x {args.iters} iters ({args.warmup} warm-up); FLOPs counted on one training step, '
+        f'MFU against {args.peak_tflops or "no"} peak TFLOP/s',
+        '| impl | params (M) | s / iter | img / s | mask ms / iter | peak mem (MB) | '
+        'GFLOP / img | TFLOP/s | MFU |',
+        '|---|---|---|---|---|---|---|---|---|',
     ]
     for impl in IMPLS:
         m = med[impl]
+        util = mfu(m['tflops'], args.peak_tflops)
         lines.append(f'| {impl} | {m["params_m"]:.2f} | {m["seconds"]:.3f} | '
-                     f'{m["img_per_s"]:.2f} | {m["mask_ms"]:.1f} | {m["mem_mb"]:.0f} |')
+                     f'{m["img_per_s"]:.2f} | {m["mask_ms"]:.1f} | {m["mem_mb"]:.0f} | '
+                     f'{m["gflop_per_img"]:.4g} | {m["tflops"]:.4g} | '
+                     f'{"n/a" if util is None else f"{100 * util:.1f}%"} |')
     lines.append(f'| mmbeit vs mmpretrain | | {b["seconds"] / a["seconds"]:.2f}x faster | '
                  f'{a["img_per_s"] / b["img_per_s"]:.2f}x | | '
-                 f'{a["mem_mb"] / max(b["mem_mb"], 1e-9):.2f}x the memory |')
+                 f'{a["mem_mb"] / max(b["mem_mb"], 1e-9):.2f}x the memory | | | |')
     for impl in IMPLS:
         firsts = ', '.join(f'{r["loss_1"]:.3f}/{r["loss_2"]:.3f}' for r in results[impl])
         lines.append(f'first-step loss_1/loss_2 of {impl} (ln {VOCAB} = '
@@ -301,12 +337,19 @@ def main() -> int:
     parser.add_argument('--dtype', choices=['fp32', 'bf16', 'fp16'], default='fp32')
     parser.add_argument('--with-cp', action='store_true',
                         help='activation checkpointing of the backbone blocks')
+    parser.add_argument('--compile', nargs='?', const='inductor', metavar='BACKEND',
+                        help='torch.compile both models (default backend: inductor)')
+    parser.add_argument('--peak-tflops', type=float, metavar='P',
+                        help="the device's peak TFLOP/s in --dtype, for the MFU column "
+                        '(989: H100 / H200 SXM, dense bf16)')
     parser.add_argument('--threads', type=int, default=0, help='torch threads (0: default)')
     parser.add_argument('--json', metavar='FILE', help='also write the results as JSON')
     parser.add_argument('--impl', choices=IMPLS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.dtype == 'fp16' and args.device != 'cuda':
         parser.error('--dtype fp16 needs --device cuda (its loss scaler is CUDA only)')
+    if args.peak_tflops is not None and args.peak_tflops <= 0:
+        parser.error(f'--peak-tflops must be > 0, got {args.peak_tflops}')
     if min(args.iters, args.warmup, args.repeats, args.batch) < 1:
         parser.error('--iters, --warmup, --repeats and --batch must be >= 1 (the first '
                      'warm-up step also gives the losses that are checked)')
@@ -319,7 +362,8 @@ def main() -> int:
         return 0
 
     results = run_rounds(__file__, sys.argv[1:], IMPLS, args.repeats)
-    med = medians(results, ('seconds', 'img_per_s', 'mask_ms', 'mem_mb', 'params_m'))
+    med = medians(results, ('seconds', 'img_per_s', 'mask_ms', 'mem_mb', 'params_m',
+                            'gflop_per_img', 'tflops'))
     print(report(args, med, results))
     if args.json:
         a, b = med['mmbeit'], med['mmpretrain']
@@ -327,7 +371,8 @@ def main() -> int:
             config={k: v for k, v in vars(args).items() if k not in ('impl', 'json')},
             median=med, runs=results,
             speedup=b['seconds'] / a['seconds'],
-            memory_ratio=a['mem_mb'] / max(b['mem_mb'], 1e-9))
+            memory_ratio=a['mem_mb'] / max(b['mem_mb'], 1e-9),
+            mfu={impl: mfu(med[impl]['tflops'], args.peak_tflops) for impl in IMPLS})
         with open(args.json, 'w') as f:
             json.dump(summary, f, indent=2)
     return 0

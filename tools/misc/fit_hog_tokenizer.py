@@ -50,6 +50,7 @@ def main(argv=None) -> int:
 
     import mmbeit.datasets  # noqa: F401 (registers)
     import mmbeit.models  # noqa: F401
+    from mmbeit.datasets import SeededDataset
     from mmbeit.registry import DATASETS, MODELS
 
     if osp.exists(args.out) and not args.force:
@@ -76,6 +77,8 @@ def main(argv=None) -> int:
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     dataset = DATASETS.build(cfg.train_dataloader.dataset)
+    if isinstance(dataset, SeededDataset):  # views drawn here from the seeds set above
+        dataset = dataset.dataset
     descs = []
     for _ in range(args.views):
         for i in range(len(dataset)):

@@ -1,23 +1,20 @@
-"""Pack the two pretraining views for the MIM data preprocessor (beit-spec.md 4.2).
+"""Pack the two pretraining views and the mask for the MIM data preprocessor.
 
 One sample after :class:`PackMIMInputs`::
 
-    results['inputs']       = [img, target]   # torch.uint8, contiguous, RGB
-                                              # img [3, H, W] (backbone view)
-                                              # target [3, h, w] (tokenizer view)
+    results['inputs']       = [img, target, mask]  # img [3, H, W] uint8 RGB (backbone view)
+                                                   # target [3, h, w] uint8 RGB (tokenizer)
+                                                   # mask [N] bool, N = (H/p)(W/p) (MIMMask)
     results['data_samples'] = BaseDataElement(metainfo=dict(img_path=..., img_shape=...))
 
-mmengine's default collate function (``pseudo_collate``, what the Runner uses) turns a
-list of such samples into a batch **per view**, not per sample: it transposes every
-list field, so ::
+The pretraining configs collate with ``collate_fn=dict(type='default_collate')``: the
+workers stack each entry, so the (pinned) batch is ::
 
-    batch['inputs']       = [(img_0, ..., img_{B-1}), (target_0, ..., target_{B-1})]
+    batch['inputs']       = [Tensor[B, 3, H, W], Tensor[B, 3, h, w], Tensor[B, N]]
     batch['data_samples'] = [data_sample_0, ..., data_sample_{B-1}]
 
-``torch.stack(batch['inputs'][0])`` is the [B, 3, H, W] backbone batch and
-``torch.stack(batch['inputs'][1])`` the [B, 3, h, w] tokenizer batch (both uint8, RGB).
-With ``collate_fn=dict(type='default_collate')`` they come already stacked:
-``batch['inputs'] = [Tensor[B, 3, H, W], Tensor[B, 3, h, w]]``.
+mmengine's ``pseudo_collate`` gives one sequence of B tensors per entry instead; the MIM
+data preprocessor stacks those itself.
 """
 from typing import Sequence
 
@@ -43,10 +40,11 @@ def _to_chw_tensor(array, key: str) -> torch.Tensor:
 
 @TRANSFORMS.register_module()
 class PackMIMInputs(BaseTransform):
-    """Pack ``img`` and ``target_img`` as ``inputs = [img, target]`` (spec 4.2).
+    """Pack ``img``, ``target_img`` and ``mask`` as ``inputs = [img, target, mask]``.
 
-    Both become contiguous ``torch.uint8`` tensors [3, H, W] in RGB order; the MIM data
-    preprocessor normalises them (backbone view) and divides by 255 (tokenizer view).
+    The views become contiguous ``torch.uint8`` tensors [3, H, W] in RGB order; the MIM
+    data preprocessor normalises them (backbone view) and divides by 255 (tokenizer view).
+    The mask (from :class:`MIMMask`) becomes a ``torch.bool`` tensor [N].
     ``data_samples`` is a :class:`mmengine.structures.BaseDataElement` whose metainfo
     holds the ``meta_keys`` present in ``results``. The collated batch format is given
     in the module docstring.
@@ -60,12 +58,20 @@ class PackMIMInputs(BaseTransform):
         self.meta_keys = tuple(meta_keys)
 
     def transform(self, results: dict) -> dict:
-        for key in ('img', 'target_img'):
+        for key, producer in (('img', 'BEiTMaskedViews'), ('target_img', 'BEiTMaskedViews'),
+                              ('mask', 'MIMMask')):
             if key not in results:
-                raise KeyError(f'PackMIMInputs needs results[{key!r}]; put BEiTMaskedViews '
+                raise KeyError(f'PackMIMInputs needs results[{key!r}]; put {producer} '
                                f'before it in the pipeline')
+        mask = results['mask']
+        if not (isinstance(mask, np.ndarray) and mask.dtype == bool and mask.ndim == 1):
+            got = (f'{mask.dtype} array of shape {mask.shape}' if isinstance(mask, np.ndarray)
+                   else type(mask).__name__)
+            raise TypeError(f"PackMIMInputs needs results['mask'] as a 1-D bool array "
+                            f'(MIMMask), got {got}')
         inputs = [_to_chw_tensor(results['img'], 'img'),
-                  _to_chw_tensor(results['target_img'], 'target_img')]
+                  _to_chw_tensor(results['target_img'], 'target_img'),
+                  torch.from_numpy(np.ascontiguousarray(mask))]
         metainfo = {k: results[k] for k in self.meta_keys if k in results}
         return dict(inputs=inputs, data_samples=BaseDataElement(metainfo=metainfo))
 

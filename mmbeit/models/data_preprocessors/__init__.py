@@ -1,7 +1,6 @@
 """Batch-level data handling for pretraining: the MIM data preprocessor (registered in
-``mmbeit.registry.MODELS``) and the patch-mask generators of masked image modeling
-(beit-spec.md section 2, registered in ``mmbeit.registry.TASK_UTILS``)."""
-from .mask_generators import BlockwiseMaskGenerator, RandomMaskGenerator
+``mmbeit.registry.MODELS``). The patch masks are drawn per sample in the data pipeline
+(``mmbeit.datasets.transforms.MIMMask``)."""
 from .mim_data_preprocessor import MIMDataPreprocessor
 
-__all__ = ['BlockwiseMaskGenerator', 'MIMDataPreprocessor', 'RandomMaskGenerator']
+__all__ = ['MIMDataPreprocessor']

@@ -1,9 +1,9 @@
-"""Data preprocessor of BEiT / BEiT v2 pretraining (beit-spec.md 2 and 4.2).
+"""Data preprocessor of BEiT / BEiT v2 pretraining: moves and normalises, nothing else.
 
-Input, from ``PackMIMInputs`` (``inputs = [view, tokenizer_view]``, uint8 RGB [3, H, W]
-each) and mmengine's ``pseudo_collate``, which groups by position: ``inputs`` is
-``[views, tokenizer_views]``, two sequences of B tensors. ``default_collate`` gives the
-same two entries already stacked; both are accepted.
+Input, from ``PackMIMInputs`` (``inputs = [view, tokenizer_view, mask]`` per sample) and
+the collate function: ``inputs`` is ``[views, tokenizer_views, masks]``, each either a
+stacked tensor (``default_collate``, what the pretraining configs use: stacked and pinned
+in the dataloader workers) or a sequence of B tensors (``pseudo_collate``).
 
 Output, the keyword arguments of the pretraining algorithm's ``forward``:
 
@@ -13,59 +13,78 @@ Output, the keyword arguments of the pretraining algorithm's ``forward``:
   255: each tokenizer applies its own input map inside ``tokenize`` (the dVAE its
   logit-Laplace map, VQ-KD ``2x - 1``), so a tokenizer can never be fed the other one's
   normalisation (docs/contracts.md "Target generators");
-- ``mask`` [B, N] bool, row-major over the backbone's patch grid (H/p x W/p), drawn for
-  the batch by the ``mask_generator`` (a ``TASK_UTILS`` entry such as
-  ``BlockwiseMaskGenerator``), so the mask size follows the input size;
+- ``mask`` [B, N] bool, row-major over the backbone's patch grid (H/p x W/p), drawn per
+  sample in the data pipeline by ``MIMMask``;
 - ``data_samples``: passed through.
+
+The views travel as uint8 until they reach the device (a quarter of the bytes of fp32).
 """
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 from mmengine.model import BaseDataPreprocessor
 
-from mmbeit.registry import MODELS, TASK_UTILS
+from mmbeit.registry import MODELS
 
 __all__ = ['MIMDataPreprocessor']
 
 
 @MODELS.register_module()
 class MIMDataPreprocessor(BaseDataPreprocessor):
-    """Stack and normalise the two views, draw the masks.
+    """Stack, move and normalise the two views; move the masks.
 
     Args:
-        mean / std (sequence of 3 floats): backbone-view normalisation in 0-255 units.
-        patch_size (int): backbone patch size (grid = view size / patch size).
-        mask_generator (dict): a ``TASK_UTILS`` config; called as
-            ``generator(batch_size, grid) -> bool [B, N]``.
+        mean (sequence of 3 floats): backbone-view mean in 0-255 units. Defaults to
+            ImageNet's (123.675, 116.28, 103.53).
+        std (sequence of 3 floats): backbone-view std in 0-255 units. Defaults to
+            ImageNet's (58.395, 57.12, 57.375).
+        patch_size (int): backbone patch size; the masks must have
+            (H / patch_size) * (W / patch_size) entries. Defaults to 16.
+        non_blocking (bool): copy to the device asynchronously (worth it with the
+            dataloader's ``pin_memory=True``). Defaults to True.
     """
 
     def __init__(self, mean: Sequence[float] = (123.675, 116.28, 103.53),
                  std: Sequence[float] = (58.395, 57.12, 57.375), patch_size: int = 16,
-                 mask_generator: Optional[dict] = None, non_blocking: bool = False):
+                 non_blocking: bool = True, **removed):
+        if 'mask_generator' in removed:
+            raise TypeError(
+                'MIMDataPreprocessor no longer draws masks: move mask_generator=... into '
+                "the training pipeline as dict(type='mmbeit.MIMMask', patch_size=P, "
+                'generator=<the same dict>) after BEiTMaskedViews, so that each sample\'s '
+                'mask is drawn in the dataloader workers')
+        if removed:
+            raise TypeError(f'MIMDataPreprocessor got unexpected arguments {sorted(removed)}')
         super().__init__(non_blocking=non_blocking)
         self.register_buffer('mean', torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1),
                              persistent=False)
         self.register_buffer('std', torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1),
                              persistent=False)
         self.patch_size = patch_size
-        self.mask_generator = TASK_UTILS.build(
-            mask_generator or dict(type='BlockwiseMaskGenerator'))
 
     def forward(self, data: dict, training: bool = False) -> dict:
-        views = data['inputs']
-        if not (isinstance(views, (list, tuple)) and len(views) == 2):
-            raise TypeError('MIMDataPreprocessor expects inputs = [views, tokenizer_views] '
-                            '(end the pipeline with PackMIMInputs and collate with '
-                            f'pseudo_collate), got {type(views).__name__}')
-        img, target = (v if torch.is_tensor(v) else torch.stack(list(v)) for v in views)
-        img = img.to(self.device, non_blocking=True)
-        target = target.to(self.device, non_blocking=True)
-        img = (img.float() - self.mean) / self.std  # [B, 3, H, W]
-        target = target.float() / 255.  # [B, 3, h, w] in [0, 1]
+        entries = data['inputs']
+        if not (isinstance(entries, (list, tuple)) and len(entries) == 3):
+            got = (f'{len(entries)} entries' if isinstance(entries, (list, tuple))
+                   else type(entries).__name__)
+            raise TypeError('MIMDataPreprocessor expects inputs = [views, tokenizer_views, '
+                            'masks] (pipeline: ... BEiTMaskedViews, MIMMask, PackMIMInputs), '
+                            f'got {got}')
+        img, target, mask = (self._move(v) for v in entries)
         b, _, h, w = img.shape
         if h % self.patch_size or w % self.patch_size:
             raise ValueError(f'view size {h}x{w} is not a multiple of patch_size '
                              f'{self.patch_size}')
-        mask = self.mask_generator(b, (h // self.patch_size, w // self.patch_size))
-        return dict(inputs=img, target_inputs=target, mask=mask.to(self.device),
+        n = (h // self.patch_size) * (w // self.patch_size)
+        if mask.dtype != torch.bool or tuple(mask.shape) != (b, n):
+            raise ValueError(f'masks must be bool [B, N] = [{b}, {n}] for {h}x{w} views and '
+                             f'patch_size {self.patch_size}, got {mask.dtype} '
+                             f'{list(mask.shape)}: is MIMMask.patch_size the backbone\'s?')
+        img = (img.float() - self.mean) / self.std  # [B, 3, H, W]
+        target = target.float() / 255.  # [B, 3, h, w] in [0, 1]
+        return dict(inputs=img, target_inputs=target, mask=mask,
                     data_samples=data.get('data_samples'))
+
+    def _move(self, value) -> torch.Tensor:
+        value = value if torch.is_tensor(value) else torch.stack(list(value))
+        return value.to(self.device, non_blocking=self._non_blocking)

@@ -1,9 +1,15 @@
-"""Patch-mask generators for BEiT masked image modeling (beit-spec.md section 2).
+"""Patch-mask generators for BEiT masked image modeling (BEiT paper section 2.5,
+Algorithm 1; BEiT v2 paper section 3.2).
 
-Both generators answer the same two calls, which the data preprocessor uses::
+Both generators answer the same three calls::
 
-    mask = gen(batch_size, (h, w))   # torch.bool [B, h*w], row-major, True = masked
+    mask = gen.sample((h, w))        # numpy bool [h*w], row-major, True = masked: one mask
+    masks = gen(batch_size, (h, w))  # torch.bool [B, h*w]: B independent masks
     n = gen.num_masked((h, w))       # the target number of masked patches for that grid
+
+Training draws one mask per sample in the data pipeline (:class:`~mmbeit.datasets.
+transforms.MIMMask`, in the dataloader workers, next to the crop), not per batch in the
+training process.
 
 ``BlockwiseMaskGenerator`` is the blockwise masking of the BEiT paper (Algorithm 1) as
 unilm implements it (``beit/masking_generator.py`` and ``beit2/masking_generator.py``):
@@ -39,11 +45,12 @@ stopping when a rectangle cannot be placed.
 ``RandomMaskGenerator`` masks exactly ``count`` distinct patches chosen uniformly (the
 SimMIM/MAE-style baseline, ``mask_ratio`` 0.4 by default).
 
-Randomness: all draws come from numpy's global RNG (``np.random``), so seeding it, e.g.
-with mmengine's ``randomness=dict(seed=...)``, makes the masks reproducible; Python's
-``random`` and torch's RNG are not touched. The samples of a batch are drawn one after
-the other and independently, so ``gen(4, grid)`` gives the same masks as four calls of
-``gen(1, grid)`` from the same seed.
+Randomness: all draws come from numpy's global RNG (``np.random``); Python's ``random``
+and torch's RNG are not touched. In training, :class:`~mmbeit.datasets.SeededDataset`
+seeds that RNG for every sample from (run seed, epoch, position in the epoch), so each
+sample's mask is reproducible and differs across samples, ranks and workers. The masks of
+``gen(B, grid)`` are drawn one after the other and independently: ``gen(4, grid)`` gives
+the same masks as four calls of ``gen.sample(grid)`` from the same seed.
 """
 import math
 from numbers import Integral, Real
@@ -115,6 +122,11 @@ class _MaskGenerator:
         """One mask, bool [h, w] (subclasses)."""
         raise NotImplementedError
 
+    def sample(self, grid: Sequence[int]) -> np.ndarray:
+        """One mask for ``grid``: numpy bool [h*w], row-major, True = masked."""
+        h, w = _check_grid(grid)
+        return self._sample(h, w, self.num_masked((h, w))).reshape(-1)
+
     def __call__(self, batch_size: int, grid: Sequence[int]) -> torch.Tensor:
         """``batch_size`` independent masks for ``grid``: torch.bool [B, h*w], row-major."""
         if not (_is_int(batch_size) and batch_size >= 0):
@@ -134,7 +146,7 @@ class _MaskGenerator:
 
 @TASK_UTILS.register_module()
 class BlockwiseMaskGenerator(_MaskGenerator):
-    """Blockwise masking of BEiT (paper Algorithm 1; beit-spec.md section 2).
+    """Blockwise masking of BEiT (BEiT paper Algorithm 1).
 
     Args:
         mask_ratio (float, optional): fraction of the grid to mask; the count is

@@ -1,4 +1,4 @@
-"""Tests for mmbeit/models/data_preprocessors/mask_generators.py: BEiT's blockwise masking
+"""Tests for mmbeit/datasets/transforms/mask_generators.py: BEiT's blockwise masking
 (spec section 2, paper Alg. 1; v1 ``exact=False`` / v2 ``exact=True``) and uniform random
 masking.
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmbeit.models.data_preprocessors import BlockwiseMaskGenerator, RandomMaskGenerator
+from mmbeit.datasets.transforms import BlockwiseMaskGenerator, RandomMaskGenerator
 from mmbeit.registry import TASK_UTILS
 
 # One intra-op thread (tests/conftest.py): tiny ops run faster so, also on a busy machine.
