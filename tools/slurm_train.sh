@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # SLURM training: bash tools/slurm_train.sh PARTITION JOB_NAME CONFIG [WORK_DIR] [train.py args]
 # GPUS (total), GPUS_PER_NODE, CPUS_PER_TASK and SRUN_ARGS come from the environment.
+# The lr follows the total batch GPUS x batch [x --accumulate K] (train.py logs it), e.g.
+# the 2048 of the pretraining recipes: GPUS=16, or GPUS=8 with --accumulate 2.
 set -euo pipefail
 if [[ $# -lt 3 ]]; then
   echo "usage: bash tools/slurm_train.sh PARTITION JOB_NAME CONFIG [WORK_DIR] [args ...]" >&2

@@ -9,6 +9,7 @@ import os.path as osp
 import sys
 
 from mmengine.config import Config
+from mmengine.logging import print_log
 
 from mmbeit.engine.runtime import add_config_args, check_work_dir, load_config, parse_tool_args, run
 
@@ -24,7 +25,16 @@ def parse_args(argv=None):
     parser.add_argument('--amp', action='store_true',
                         help='automatic mixed precision (optim_wrapper.dtype picks fp16/bf16)')
     parser.add_argument('--auto-scale-lr', action='store_true',
-                        help='scale the lr by total batch / auto_scale_lr.base_batch_size')
+                        help='kept for old commands: linear lr scaling (lr x total batch / '
+                        'auto_scale_lr.base_batch_size) is the default now; this flag only '
+                        'overrides auto_scale_lr.enable=False')
+    parser.add_argument('--no-scale-lr', action='store_true',
+                        help='train with the config lr as written, whatever the total batch '
+                        '(default: lr x total batch / auto_scale_lr.base_batch_size)')
+    parser.add_argument('--accumulate', type=int, metavar='K',
+                        help='gradient accumulation: one optimizer step every K iterations '
+                        '(optim_wrapper.accumulative_counts=K); the total batch is '
+                        'processes x batch x K')
     parser.add_argument('--no-validate', action='store_true',
                         help='do not evaluate checkpoints during training')
     parser.add_argument('--overwrite', action='store_true',
@@ -45,10 +55,23 @@ def merge_args(cfg: Config, args) -> Config:
             wrapper.type = 'AmpOptimWrapper'
             wrapper.setdefault('loss_scale', 'dynamic')
     if args.auto_scale_lr:
+        if args.no_scale_lr:
+            raise SystemExit('train.py: --auto-scale-lr and --no-scale-lr contradict each '
+                             'other; give one (scaling is on by default)')
         if not cfg.get('auto_scale_lr') or 'base_batch_size' not in cfg.auto_scale_lr:
             raise SystemExit(f'train.py: --auto-scale-lr: {args.config} has no '
                              f'auto_scale_lr=dict(base_batch_size=...) entry to scale from')
         cfg.auto_scale_lr.enable = True
+        print_log('--auto-scale-lr: linear lr scaling is the default now; the flag is only '
+                  'needed to override auto_scale_lr.enable=False', logger='current')
+    if args.accumulate is not None:
+        if args.accumulate < 1:
+            raise SystemExit(f'train.py: --accumulate {args.accumulate}: K must be 1 or more '
+                             f'(the number of iterations summed into one optimizer step)')
+        if not cfg.get('optim_wrapper') or 'optimizer' not in cfg.optim_wrapper:
+            raise SystemExit(f'train.py: --accumulate: {args.config} has no '
+                             f'optim_wrapper=dict(optimizer=...) to accumulate for')
+        cfg.optim_wrapper.accumulative_counts = args.accumulate
     if args.no_validate:
         cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
     if args.resume == 'auto':
@@ -65,7 +88,7 @@ def main(argv=None) -> int:
     cfg = load_config(args.config, args.launcher, args.cfg_options, args.work_dir)
     cfg = merge_args(cfg, args)
     check_work_dir(cfg.work_dir, cfg.get('resume', False), args.overwrite)
-    run(cfg, 'train')
+    run(cfg, 'train', scale_lr_off_by='--no-scale-lr' if args.no_scale_lr else None)
     return 0
 
 

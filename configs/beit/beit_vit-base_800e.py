@@ -6,7 +6,14 @@
 # epochs, cosine to 1e-5, weight decay 0.05, gradient clipping 3.0.
 #
 # Tokenizer weights: data/pretrained/dall_e/encoder.pkl (OpenAI), see configs/tokenizers/.
-# Train: bash tools/dist_train.sh configs/beit/beit_vit-base_800e.py 16 --amp
+# Train: batch 2048 = 16 GPUs x 128 (tools/train.py scales the lr linearly to any other
+# total batch and logs it). CONFIG = this file. Two machines: the same command on each,
+# NODE_RANK=0 on host0 and NODE_RANK=1 on the other, same MASTER_ADDR and PORT.
+#   16 GPUs:              bash tools/dist_train.sh CONFIG 16 --amp
+#   8 GPUs, same recipe:  bash tools/dist_train.sh CONFIG 8 --amp --accumulate 2
+#   2 machines x 8 GPUs:  NNODES=2 NODE_RANK=0|1 MASTER_ADDR=host0 PORT=29500 \
+#                           bash tools/dist_train.sh CONFIG 8 --amp
+#   2 machines x 4 GPUs:  the same with  CONFIG 4 --amp --accumulate 2
 _base_ = [
     '../_base_/datasets/imagenet_beit_pretrain.py',
     '../_base_/default_runtime.py',
@@ -47,7 +54,8 @@ param_scheduler = [
          end=max_epochs, convert_to_iter_based=True),
 ]
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs)
-# The recipe's batch; --auto-scale-lr scales lr linearly for another total batch.
+# The recipe's batch; tools/train.py scales the lr linearly to another total batch
+# (processes x batch x accumulation; --no-scale-lr keeps 1.5e-3).
 auto_scale_lr = dict(base_batch_size=2048)
 
 default_hooks = dict(

@@ -7,7 +7,14 @@
 #
 # Tokenizer: the official VQ-KD checkpoint (configs/tokenizers/vqkd_vit-base_clip_official.py)
 # or one trained with configs/vqkd/ (point model.target_generator.checkpoint at it).
-# Train: bash tools/dist_train.sh configs/beitv2/beitv2_vit-base_300e.py 16 --amp
+# Train: batch 2048 = 16 GPUs x 128 (tools/train.py scales the lr linearly to any other
+# total batch and logs it). CONFIG = this file. Two machines: the same command on each,
+# NODE_RANK=0 on host0 and NODE_RANK=1 on the other, same MASTER_ADDR and PORT.
+#   16 GPUs:              bash tools/dist_train.sh CONFIG 16 --amp
+#   8 GPUs, same recipe:  bash tools/dist_train.sh CONFIG 8 --amp --accumulate 2
+#   2 machines x 8 GPUs:  NNODES=2 NODE_RANK=0|1 MASTER_ADDR=host0 PORT=29500 \
+#                           bash tools/dist_train.sh CONFIG 8 --amp
+#   2 machines x 4 GPUs:  the same with  CONFIG 4 --amp --accumulate 2
 _base_ = [
     '../_base_/datasets/imagenet_beitv2_pretrain.py',
     '../_base_/default_runtime.py',

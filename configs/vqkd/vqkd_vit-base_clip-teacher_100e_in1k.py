@@ -43,7 +43,7 @@ param_scheduler = [
          end=max_epochs, convert_to_iter_based=True),
 ]
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs)
-# --auto-scale-lr rescales lr from this total batch size.
+# tools/train.py rescales the lr linearly from this total batch size (--no-scale-lr: off).
 auto_scale_lr = dict(base_batch_size=512)
 
 custom_hooks = [dict(type='CodebookUsageHook', window=100)]

@@ -11,6 +11,10 @@
 * **SyncBN where it cannot run.** ``SyncBN`` needs CUDA and a process group; on CPU (one
   process or many) and in a single GPU process every ``norm_cfg`` of type ``SyncBN`` in
   the model config becomes ``BN``, and the log says so.
+* **The recipe's lr for any number of processes.** :func:`run` scales a training config's
+  lr to its total batch (world size x batch x gradient accumulation) before the Runner is
+  built, unless turned off, and logs the total batch and the lr on rank 0
+  (:mod:`mmbeit.engine.lr_scaling`).
 * **The work dir is not overwritten.** A work dir that already holds a run's checkpoints
   is refused unless the run resumes it (``--resume``) or ``--overwrite`` is given.
 
@@ -23,14 +27,18 @@ import os
 import os.path as osp
 import subprocess
 from datetime import timedelta
+from typing import Optional
 
 import torch
 import torch.distributed as dist
 from mmengine.config import Config, ConfigDict
 from mmengine.logging import print_log
 
+from mmbeit.engine.lr_scaling import scale_lr_in_config, world_size_from_env
+
 __all__ = ['prepare_runtime', 'shutdown_distributed', 'check_work_dir', 'replace_sync_bn',
-           'slurm_env', 'load_config', 'run', 'add_config_args', 'parse_tool_args']
+           'slurm_env', 'load_config', 'run', 'add_config_args', 'parse_tool_args',
+           'training_world_size']
 
 
 def slurm_env(environ=os.environ) -> dict:
@@ -160,13 +168,35 @@ def load_config(path: str, launcher: str, cfg_options=None, work_dir=None) -> Co
     return cfg
 
 
-def run(cfg: Config, method: str) -> None:
+def training_world_size(launcher: str) -> int:
+    """Processes of this run: the process group's size once it exists (CPU runs), else
+    what the launcher's environment says (GPU runs: the Runner initialises NCCL later)."""
+    if launcher != 'none' and dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return world_size_from_env(launcher)
+
+
+def run(cfg: Config, method: str, scale_lr_off_by: Optional[str] = None) -> None:
     """Prepare this machine, build the Runner from ``cfg`` and call ``runner.<method>()``;
-    the process group, if any, is closed however that ends."""
+    the process group, if any, is closed however that ends.
+
+    For ``method='train'`` the lr is first scaled to the total batch
+    (:func:`mmbeit.engine.lr_scaling.scale_lr_in_config`; ``scale_lr_off_by`` names the
+    flag that turned that off) and rank 0 logs the total batch and lr before training."""
     from mmengine.runner import Runner
-    prepare_runtime(cfg, cfg.get('launcher', 'none'))
+    launcher = cfg.get('launcher', 'none')
+    prepare_runtime(cfg, launcher)
     try:
-        getattr(Runner.from_cfg(cfg), method)()
+        line = None
+        if method == 'train':
+            line = scale_lr_in_config(cfg, training_world_size(launcher), scale_lr_off_by)
+            if cfg.get('resume'):
+                line += ('; resuming: the lr schedule continues from the checkpoint\'s '
+                         'optimizer and scheduler states')
+        runner = Runner.from_cfg(cfg)
+        if line is not None and runner.rank == 0:
+            print_log(line, logger='current')
+        getattr(runner, method)()
     finally:
         shutdown_distributed()
 

@@ -2,7 +2,7 @@
 # (weight decay 0.05, none on 1-D parameters, biases, pos_embed, cls_token) through
 # mmbeit's layer-decay constructor, 20 warmup epochs from about 0, then per-step cosine
 # to 1e-6 (scaled per layer group, as unilm does), 100 epochs at batch 1024 (8 GPUs x
-# 128; `--auto-scale-lr` rescales lr for another total). The lr here is v2 base's;
+# 128; tools/train.py rescales lr for another total). The lr here is v2 base's;
 # leaves set their own lr (and eta_min_ratio = 1e-6 / lr), layer decay and length.
 optim_wrapper = dict(
     type='OptimWrapper',
