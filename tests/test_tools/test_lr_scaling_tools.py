@@ -1,8 +1,9 @@
 """The lr a training run uses, as users launch it: ``tools/train.py`` (one process, with
-``--accumulate``), ``tools/dist_train.sh`` with 2 gloo ranks, and the two-node launch
-(``NNODES=2 NODE_RANK=0|1 MASTER_ADDR PORT``, with ``--no-scale-lr``) as two one-rank CPU
-"nodes" of this machine. Each run logs the total batch and lr once; the lr is read back from the
-log, the dumped config and ``vis_data/scalars.json`` (what the optimizer really had)."""
+``--accumulate``), ``tools/dist_train.sh`` with 2 gloo ranks (with ``--accumulate``), and
+the two-node launch (``NNODES=2 NODE_RANK=0|1 MASTER_ADDR PORT``, with ``--no-scale-lr``)
+as two one-rank CPU "nodes" of this machine. Each run logs the total batch and lr once; the
+lr is read back from the log, the dumped config and ``vis_data/scalars.json`` (what the
+optimizer really had)."""
 import glob
 import json
 import os
@@ -96,14 +97,17 @@ def test_bad_flags(args, message, tmp_path, demo_data):
 
 
 def test_two_ranks_scale_the_lr(tmp_path, demo_data):
-    """Also the old command line: --auto-scale-lr (mmengine's switch) must not make
-    mmengine scale a second time."""
+    """2 gloo ranks accumulating 2 iterations (DDP syncs only on the second); also the old
+    command line: --auto-scale-lr (mmengine's switch) must not make mmengine scale a
+    second time."""
     cfg = write_config(tmp_path, demo_data)
     work = tmp_path / 'work'
     run_tool(['tools/dist_train.sh', cfg, '2', '--work-dir', work, '--no-validate',
-              '--auto-scale-lr'], env={'PORT': str(free_port())})
-    assert lr_line(work).startswith(f'total batch 2 x {BATCH} = {2 * BATCH}; lr 5e-04 = 2e-03')
-    assert first_lr(work) == pytest.approx(LR * 2 * BATCH / BASE, rel=1e-6)
+              '--accumulate', '2', '--auto-scale-lr'], env={'PORT': str(free_port())})
+    total = 2 * BATCH * 2
+    assert lr_line(work).startswith(f'total batch 2 x {BATCH} x 2 = {total}; lr 1e-03 = '
+                                    f'2e-03 x {total} / {BASE} (linear scaling')
+    assert first_lr(work) == pytest.approx(LR * total / BASE, rel=1e-6)
 
 
 def test_two_nodes_of_one_rank_and_no_scale_lr(tmp_path, demo_data):
