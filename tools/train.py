@@ -22,8 +22,15 @@ def parse_args(argv=None):
     parser.add_argument('--resume', nargs='?', type=str, const='auto', metavar='CKPT',
                         help='resume from CKPT, or without a value from the latest checkpoint '
                         'in the work dir')
-    parser.add_argument('--amp', action='store_true',
-                        help='automatic mixed precision (optim_wrapper.dtype picks fp16/bf16)')
+    parser.add_argument('--amp', nargs='?', const=True, default=False,
+                        choices=['bf16', 'fp16', 'bfloat16', 'float16'], metavar='{bf16,fp16}',
+                        help='mixed precision (MixedPrecisionOptimWrapper): autocast on the '
+                        "model's device, CUDA or CPU; --amp alone means the config's "
+                        'optim_wrapper.dtype if it sets one, else bf16 (no loss scaling); '
+                        'fp16 (dynamic loss scaling) needs CUDA')
+    parser.add_argument('--compile', action='store_true',
+                        help='torch.compile the training step (mmengine\'s compile option); '
+                        'the first iterations are slow while it compiles')
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='kept for old commands: linear lr scaling (lr x total batch / '
                         'auto_scale_lr.base_batch_size) is the default now; this flag only '
@@ -44,16 +51,36 @@ def parse_args(argv=None):
     return parse_tool_args(parser, argv)
 
 
+def set_amp(cfg: Config, amp) -> None:
+    """Make ``cfg.optim_wrapper`` a MixedPrecisionOptimWrapper. ``amp`` is True (bare
+    ``--amp``: the config's ``optim_wrapper.dtype`` if set, else bf16) or a dtype name."""
+    import torch
+
+    from mmbeit.engine.optimizers import resolve_amp_dtype
+    wrapper = cfg.optim_wrapper
+    kind = wrapper.get('type', 'OptimWrapper')
+    if kind not in ('OptimWrapper', 'AmpOptimWrapper', 'MixedPrecisionOptimWrapper'):
+        raise SystemExit(f'train.py: --amp replaces optim_wrapper.type, but this config uses '
+                         f'{kind!r}; set its mixed precision in the config instead')
+    try:
+        dtype = resolve_amp_dtype(wrapper.get('dtype') if amp is True else amp)
+    except ValueError as err:
+        raise SystemExit(f'train.py: --amp: {err}') from None
+    if dtype == torch.float16 and not torch.cuda.is_available():
+        raise SystemExit('train.py: --amp fp16 needs a CUDA GPU (fp16 autocast with loss '
+                         'scaling is a CUDA path); on this machine use --amp bf16 (or --amp)')
+    wrapper.type = 'MixedPrecisionOptimWrapper'
+    wrapper.dtype = 'float16' if dtype == torch.float16 else 'bfloat16'
+    if dtype == torch.bfloat16:
+        wrapper.pop('loss_scale', None)  # an fp16 setting; bf16 needs no scaling
+    wrapper.pop('use_fsdp', None)  # an AmpOptimWrapper argument ours does not take
+
+
 def merge_args(cfg: Config, args) -> Config:
     if args.amp:
-        import torch
-        if not torch.cuda.is_available():
-            raise SystemExit('train.py: --amp needs a CUDA GPU (mmengine\'s AmpOptimWrapper '
-                             'runs on CUDA only); on this machine train without --amp (fp32)')
-        wrapper = cfg.optim_wrapper
-        if wrapper.get('type', 'OptimWrapper') != 'AmpOptimWrapper':
-            wrapper.type = 'AmpOptimWrapper'
-            wrapper.setdefault('loss_scale', 'dynamic')
+        set_amp(cfg, args.amp)
+    if args.compile:
+        cfg.compile = cfg.get('compile') or True
     if args.auto_scale_lr:
         if args.no_scale_lr:
             raise SystemExit('train.py: --auto-scale-lr and --no-scale-lr contradict each '

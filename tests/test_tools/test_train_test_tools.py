@@ -148,13 +148,13 @@ def test_test_tool_refuses_a_crafted_checkpoint(tmp_path, demo_data):
 
 @pytest.mark.parametrize('args, message', [
     (['configs/nope.py'], "config file 'configs/nope.py' does not exist"),
-    (['{cfg}', '--amp'], '--amp needs a CUDA GPU'),
+    (['{cfg}', '--amp', 'fp16'], '--amp fp16 needs a CUDA GPU'),
     (['{cfg}', '--auto-scale-lr', '--cfg-options', 'auto_scale_lr=None'],
      'has no auto_scale_lr=dict(base_batch_size=...)'),
 ])
 def test_train_tool_bad_input(args, message, tmp_path, demo_data):
     if torch.cuda.is_available() and '--amp' in args:
-        pytest.skip('this machine has CUDA: --amp is valid here')
+        pytest.skip('this machine has CUDA: --amp fp16 is valid here')
     cfg = write_config(tmp_path, demo_data)
     res = run_tool(['tools/train.py', *(a.format(cfg=cfg) for a in args), '--work-dir',
                     tmp_path / 'work'], check=False)

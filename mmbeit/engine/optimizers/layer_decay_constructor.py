@@ -17,11 +17,15 @@ the 2-D relative-position tables keep weight decay (spec 4.3).
 Example config::
 
     optim_wrapper = dict(
-        type='AmpOptimWrapper',
+        type='MixedPrecisionOptimWrapper', dtype='bfloat16',
         optimizer=dict(type='AdamW', lr=4e-3, weight_decay=0.05, betas=(0.9, 0.999)),
         constructor='LayerDecayOptimWrapperConstructor',
         paramwise_cfg=dict(layer_decay_rate=0.65),
         clip_grad=dict(max_norm=3.0))
+
+Adam / AdamW get ``fused=True`` when every parameter is on CUDA (one multi-tensor kernel
+per step instead of a loop of small ones), unless the optimizer config sets ``fused`` or
+``foreach`` itself; on CPU the optimizer is built as configured.
 
 Every param group already carries its scaled ``lr``. mmengine's LR schedulers multiply
 each group's current lr by a common factor (``LinearLR``, ``CosineAnnealingLR`` with
@@ -35,6 +39,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Optional
 
+import torch
 import torch.nn as nn
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
@@ -42,7 +47,7 @@ from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
 
 from mmbeit.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS, OPTIMIZERS
 
-__all__ = ['LayerDecayOptimWrapperConstructor']
+__all__ = ['LayerDecayOptimWrapperConstructor', 'use_fused_adam']
 
 # Last name components that never get weight decay (beit-spec 4.3, unilm optim_factory).
 DEFAULT_NO_DECAY_NAMES = ('pos_embed', 'cls_token')
@@ -55,6 +60,24 @@ def _unwrap(model: nn.Module) -> nn.Module:
             model, (nn.DataParallel, nn.parallel.DistributedDataParallel))):
         model = model.module
     return model
+
+
+def _on_cuda(tensor: torch.Tensor) -> bool:
+    return tensor.device.type == 'cuda'
+
+
+def use_fused_adam(optimizer_cls, optimizer_cfg: dict, param_groups: Sequence[dict]) -> bool:
+    """Whether to build ``optimizer_cls`` with ``fused=True``: Adam / AdamW whose
+    parameters are all floating-point CUDA tensors, unless the config sets ``fused`` (or
+    ``foreach``, which excludes it) itself. The fused kernel updates every parameter in a
+    few launches and handles a GradScaler's inf checks without a host sync."""
+    if not (isinstance(optimizer_cls, type)
+            and issubclass(optimizer_cls, (torch.optim.Adam, torch.optim.AdamW))):
+        return False
+    if 'fused' in optimizer_cfg or optimizer_cfg.get('foreach'):
+        return False
+    params = [p for g in param_groups for p in g['params']]
+    return bool(params) and all(_on_cuda(p) and p.is_floating_point() for p in params)
 
 
 def _has_depth_api(module) -> bool:
@@ -202,6 +225,8 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         # torch optimisers call it `params`; ask the class, as mmengine does.
         first_arg = next(iter(inspect.signature(optimizer_cls).parameters), 'params')
         optimizer_cfg[first_arg] = param_groups
+        if use_fused_adam(optimizer_cls, optimizer_cfg, param_groups):
+            optimizer_cfg['fused'] = True
         optimizer = OPTIMIZERS.build(optimizer_cfg)
         optim_wrapper_cfg = self.optim_wrapper_cfg.copy()
         optim_wrapper_cfg.setdefault('type', 'OptimWrapper')
