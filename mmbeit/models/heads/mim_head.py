@@ -5,6 +5,11 @@ to the token states at masked positions; the loss is cross-entropy against the t
 ids there, averaged over all masked tokens of the batch (no label smoothing). Masked-token
 accuracy (top-1, in percent) is returned with the loss so it is logged next to it.
 Checkpoint key: ``head.lm_head.{weight,bias}`` (unilm's ``lm_head``).
+
+Under autocast the Linear runs in the autocast dtype (it is most of the head's work); the
+log-softmax statistics, the cross-entropy and the accuracy are computed from the logits
+upcast to fp32 with autocast switched off, so a bf16 run sums over the 8192-way softmax in
+fp32 as the fp32 run does.
 """
 from typing import Dict, Optional
 
@@ -48,8 +53,10 @@ class MIMHead(BaseModule):
         """x [M, D], target [M] token ids -> dict(loss, acc)."""
         if x.shape[0] != target.shape[0]:
             raise ValueError(f'{x.shape[0]} masked states but {target.shape[0]} targets')
-        logits = self(x).float()  # [M, K]
-        loss = F.cross_entropy(logits, target) * self.loss_weight
-        with torch.no_grad():
-            acc = (logits.argmax(dim=1) == target).float().mean() * 100
+        logits = self(x)  # [M, K], in the autocast dtype under autocast
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            logits = logits.float()
+            loss = F.cross_entropy(logits, target) * self.loss_weight
+            with torch.no_grad():
+                acc = (logits.argmax(dim=1) == target).float().mean() * 100
         return dict(loss=loss, acc=acc)

@@ -26,6 +26,11 @@ subtracted (the centred HOG says how the patch's gradients deviate from isotropi
 Units are those of the [0, 1] image per pixel: on the demo images pixel noise gives
 lengths about 0.02 and textured objects 0.15-0.55, so 0.05 splits them. The descriptor
 does not see colour or brightness, only edges and texture orientation.
+
+Precision: descriptors and assignments run in fp32 with autocast switched off (under bf16
+autocast the cosine matmul would round and move tokens whose top two codes nearly tie),
+and whether the codebook is fitted is read from the device only when the codebook buffer
+was written, not on every tokenize call.
 """
 import math
 import os.path as osp
@@ -39,7 +44,7 @@ from mmengine.model import BaseModule
 from mmbeit.registry import MODELS
 
 from ..utils.rel_pos import to_2tuple
-from .quantizer import codebook_usage_stats, spherical_kmeans
+from .quantizer import HostCachedFlag, codebook_usage_stats, spherical_kmeans
 
 __all__ = ['patch_hog', 'HOGTokenizer']
 
@@ -128,11 +133,13 @@ class HOGTokenizer(BaseModule):
         self.descriptor_dims = bins * (patch_size // cell_size)**2
         # unfitted: zero rows (a fitted row is a unit vector)
         self.register_buffer('codebook', torch.zeros(num_tokens - 1, self.descriptor_dims))
+        self._fitted = HostCachedFlag(lambda t: (t.norm(dim=1) > 0.5).all())
 
     # ------------------------------------------------------------------ state
     @property
     def fitted(self) -> bool:
-        return bool((self.codebook.norm(dim=1) > 0.5).all())
+        """Every codebook row is a unit vector (read again only after the buffer changes)."""
+        return self._fitted.get(self.codebook)
 
     def hparams(self) -> Dict[str, Union[int, float]]:
         """What a codebook depends on; written next to it and checked when loading."""
@@ -184,8 +191,9 @@ class HOGTokenizer(BaseModule):
         if images.dim() != 4 or tuple(images.shape[-2:]) != self.input_size:
             raise ValueError(f'HOGTokenizer expects images [B, 3, {self.input_size[0]}, '
                              f'{self.input_size[1]}] in [0, 1], got {tuple(images.shape)}')
-        h = patch_hog(images, self.patch_size, self.cell_size, self.bins)
-        return h - h.mean(-1, keepdim=True)
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            h = patch_hog(images.float(), self.patch_size, self.cell_size, self.bins)
+            return h - h.mean(-1, keepdim=True)
 
     def assign(self, desc: torch.Tensor) -> torch.Tensor:
         """Token ids of centred descriptors [..., D] (the rule of the module docstring)."""
@@ -193,8 +201,11 @@ class HOGTokenizer(BaseModule):
             raise RuntimeError('HOGTokenizer has no codebook: write one with python '
                                'tools/misc/fit_hog_tokenizer.py CONFIG --out FILE and set '
                                'model.target_generator.checkpoint=FILE')
-        ids = (F.normalize(desc, dim=-1) @ self.codebook.t()).argmax(-1) + 1
-        return torch.where(desc.norm(dim=-1) < self.flat_threshold, torch.zeros_like(ids), ids)
+        with torch.autocast(device_type=desc.device.type, enabled=False):
+            desc = desc.float()
+            ids = (F.normalize(desc, dim=-1) @ self.codebook.float().t()).argmax(-1) + 1
+            flat = desc.norm(dim=-1) < self.flat_threshold
+        return torch.where(flat, torch.zeros_like(ids), ids)
 
     @torch.no_grad()
     def tokenize(self, images: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,11 @@ State-dict keys follow the official VQ-KD checkpoint: ``embedding.weight`` [K, d
 ``embedding.cluster_size`` and ``embedding.embed_avg``, which its normalised-EMA
 quantizer never reads; the load path drops them.
 
-Everything here runs in fp32 with autocast disabled.
+Everything here runs in fp32 with autocast disabled. The training forward reads nothing
+back to the host per call, so a GPU step is not stalled by it: the k-means flag is read
+once and then only when the ``initted`` buffer is written (``HostCachedFlag``), counts are
+scatter-added (``torch.bincount`` on CUDA reads its maximum back), dead codes are replaced
+with fixed-shape ``torch.where`` and ``num_restarted`` is a device counter.
 """
 from typing import Dict, Optional, Tuple
 
@@ -35,7 +39,45 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['NormEMAQuantizer', 'spherical_kmeans', 'codebook_usage_stats']
+__all__ = ['NormEMAQuantizer', 'spherical_kmeans', 'codebook_usage_stats', 'HostCachedFlag']
+
+
+class HostCachedFlag:
+    """A Python bool computed from a tensor (``fn(tensor)``), recomputed only when the
+    tensor was written in place (its version counter moved) or replaced since the last
+    computation. Reading a device tensor on the host waits for the device, so a flag that
+    changes once per run (a codebook initialised, a codebook loaded) costs one read per
+    change instead of one per step."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self._tensor = None
+        self._version = None
+        self._value = None
+
+    @staticmethod
+    def _version_of(tensor: torch.Tensor):
+        try:
+            return tensor._version
+        except RuntimeError:  # inference tensors keep no version counter
+            return None
+
+    def get(self, tensor: torch.Tensor) -> bool:
+        version = self._version_of(tensor)
+        if version is None or tensor is not self._tensor or version != self._version:
+            self.set(tensor, bool(self.fn(tensor)))
+        return self._value
+
+    def set(self, tensor: torch.Tensor, value: bool) -> None:
+        """Record ``value`` as the flag of ``tensor`` as it is now (after writing it)."""
+        self._tensor, self._version, self._value = tensor, self._version_of(tensor), value
+
+
+def _count_ids(idx: torch.Tensor, num: int, dtype: torch.dtype) -> torch.Tensor:
+    """Occurrences of each id in [0, num) among ``idx`` [M], as ``dtype`` [num]. A scatter-add:
+    ``torch.bincount`` sizes its output from the input's maximum, a host read on CUDA."""
+    out = torch.zeros(num, dtype=dtype, device=idx.device)
+    return out.index_add_(0, idx, torch.ones(idx.shape, dtype=dtype, device=idx.device))
 
 
 def _dist_on() -> bool:
@@ -142,7 +184,10 @@ class NormEMAQuantizer(nn.Module):
         # Counts since the last pop_usage_counts() (read by CodebookUsageHook).
         self.register_buffer('usage_counts', torch.zeros(num_tokens, dtype=torch.float64),
                              persistent=False)
-        self.num_restarted = 0
+        # Codes restarted so far (a device counter: counting them on the host would sync).
+        self.register_buffer('num_restarted', torch.zeros((), dtype=torch.long),
+                             persistent=False)
+        self._initted = HostCachedFlag(lambda t: t.item() != 0)
 
     @property
     def codebook(self) -> torch.Tensor:
@@ -178,10 +223,11 @@ class NormEMAQuantizer(nn.Module):
         self.embedding.weight.copy_(means)
         self.cluster_size.copy_(counts)
         self.embedding.initted.fill_(1.0)
+        self._initted.set(self.embedding.initted, True)
 
     @torch.no_grad()
     def _ema_update_(self, z: torch.Tensor, idx: torch.Tensor) -> None:
-        counts = torch.bincount(idx, minlength=self.num_tokens).to(z.dtype)  # [K]
+        counts = _count_ids(idx, self.num_tokens, z.dtype)  # [K]
         sums = torch.zeros_like(self.embedding.weight).index_add_(0, idx, z)  # [K, d]
         _all_reduce_(counts)
         _all_reduce_(sums)
@@ -196,25 +242,25 @@ class NormEMAQuantizer(nn.Module):
 
     @torch.no_grad()
     def _restart_dead_codes_(self, z: torch.Tensor) -> None:
+        """Codes with ``cluster_size`` below the threshold take rows of rank 0's batch
+        ``z`` [M, d]: the i-th dead code (in code order) takes the i-th of K rows drawn
+        there (distinct rows when M >= K, else drawn with replacement), broadcast to all
+        ranks. Fixed shapes throughout, so nothing is read back to the host."""
         # cluster_size is identical on all ranks (all-reduced counts), so is `dead`.
-        dead = self.cluster_size < self.dead_code_threshold
-        num_dead = int(dead.sum())
-        if num_dead == 0:
-            return
-        new = torch.empty(num_dead, self.embed_dims, device=z.device, dtype=z.dtype)
+        dead = self.cluster_size < self.dead_code_threshold  # [K]
+        m, k = z.shape[0], self.num_tokens
+        new = torch.empty(k, self.embed_dims, device=z.device, dtype=z.dtype)
         if _is_rank0():
-            replace = num_dead > z.shape[0]
-            if replace:
-                rows = torch.randint(0, z.shape[0], (num_dead, ), device='cpu')
-            else:
-                rows = torch.randperm(z.shape[0], device='cpu')[:num_dead]
-            new = z[rows.to(z.device)].clone()
+            rows = (torch.randperm(m, device=z.device)[:k] if m >= k else
+                    torch.randint(0, m, (k, ), device=z.device))
+            rank = (torch.cumsum(dead, 0) - 1).clamp(min=0)  # [K] index among dead codes
+            new = z[rows[rank]]  # [K, d]: dead code i gets the row drawn i-th
         _broadcast_(new)
-        self.embedding.weight[dead] = new
+        self.embedding.weight.copy_(torch.where(dead.unsqueeze(1), new, self.embedding.weight))
         # A restarted code gets the threshold as its count, so it has one EMA step's
         # grace before it can be restarted again.
-        self.cluster_size[dead] = self.dead_code_threshold
-        self.num_restarted += num_dead
+        self.cluster_size.masked_fill_(dead, self.dead_code_threshold)
+        self.num_restarted.add_(dead.sum())
 
     def pop_usage_counts(self) -> torch.Tensor:
         """Per-code counts accumulated by training forwards since the last call
@@ -233,7 +279,7 @@ class NormEMAQuantizer(nn.Module):
         with torch.autocast(device_type=z.device.type, enabled=False):
             z = F.normalize(z.float(), dim=-1)
             flat = z.reshape(-1, self.embed_dims)  # [B*N, d]
-            if self.training and self.embedding.initted.item() == 0:
+            if self.training and not self._initted.get(self.embedding.initted):
                 self._kmeans_init_(flat.detach())
             idx = self.nearest(flat.detach())  # [B*N]
             z_q = self.embedding.weight[idx].view_as(z)
