@@ -202,3 +202,20 @@ def test_iteration_seed_hook_replays_per_iteration_and_differs_per_rank():
     assert not torch.equal(t0, t1)
     assert not torch.equal(t0, step_draws(rank=0, it=4)[0])
     assert not torch.equal(t0, step_draws(rank=0, seed=6)[0])
+
+
+def test_iteration_seed_hook_keeps_the_step_out_of_the_process_stream():
+    hook = IterationSeedHook()
+    runner = FakeRunner(5, 3)
+    hook.before_train(runner)
+    reseed(0)
+    untouched = (torch.rand(3), np.random.rand(3), random.random())
+    reseed(0)
+    hook.before_train_iter(runner, 0)
+    torch.rand(7)  # the step's draws
+    np.random.rand(7)
+    random.random()
+    hook.after_train_iter(runner, 0)
+    after = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(after[0], untouched[0]) and np.array_equal(after[1], untouched[1])
+    assert after[2] == untouched[2]

@@ -36,10 +36,11 @@ def write_hog_pretrain_config(path, demo_data, extra=''):
 _base_ = '{DEMO}/beitv2_vit-tiny-p8_hog-tokens_150e_demo-64.py'
 _pipe = {{{{_base_.train_pipeline}}}}
 train_dataloader = dict(batch_size=4, num_workers=0, persistent_workers=False, dataset=dict(
-    datasets=[dict(type='UnlabeledImageFolder', data_root='{demo_data}/imagenet/train',
-                   pipeline=_pipe),
-              dict(type='UnlabeledImageFolder', data_root='{demo_data}/ade20k/images/training',
-                   pipeline=_pipe)]))
+    dataset=dict(datasets=[
+        dict(type='UnlabeledImageFolder', data_root='{demo_data}/imagenet/train',
+             pipeline=_pipe),
+        dict(type='UnlabeledImageFolder', data_root='{demo_data}/ade20k/images/training',
+             pipeline=_pipe)])))
 ''' + extra)
     return path
 

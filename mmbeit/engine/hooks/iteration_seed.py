@@ -7,12 +7,17 @@ same paths, and a resumed run continues from a fresh seed instead of the RNG sta
 interrupted run had reached. :class:`IterationSeedHook` reseeds torch (CPU and CUDA),
 numpy and ``random`` before every training iteration with a seed derived from (run seed,
 global iteration, rank): ranks differ, and a resumed run replays exactly the draws of the
-uninterrupted one, with no RNG state stored in checkpoints. It is one host-side call per
-iteration; no device synchronisation.
+uninterrupted one, with no RNG state stored in checkpoints. After the iteration the
+process's previous RNG state is put back, so the step's draws never leak into data loaded
+in the training process. Host-side calls only; no device synchronisation.
 
 It also hands a resumed run's seed to :class:`~mmbeit.datasets.SeededSampler`, which was
 built before the checkpoint was read.
 """
+import random
+
+import numpy as np
+import torch
 from mmengine.dist import get_rank
 from mmengine.hooks import Hook
 
@@ -28,6 +33,10 @@ class IterationSeedHook(Hook):
 
     priority = 'VERY_HIGH'
 
+    def __init__(self) -> None:
+        self._rank = 0
+        self._saved = None
+
     def before_train(self, runner) -> None:
         self._rank = get_rank()
         sampler = getattr(runner.train_dataloader, 'sampler', None)
@@ -42,4 +51,19 @@ class IterationSeedHook(Hook):
              'ranks and workers'))
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        # the process's own stream is put back after the step, so that data loaded in
+        # this process (num_workers=0, datasets without SeededDataset) draws what it
+        # would draw without the hook, and the dataloader replay of a resumed
+        # iteration-based run meets the same stream as the uninterrupted run
+        self._saved = (torch.default_generator.get_state(), np.random.get_state(),
+                       random.getstate())
         seed_global_rngs(derive_seed(runner.seed, runner.iter, self._rank), cuda=True)
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None,
+                         outputs=None) -> None:
+        if self._saved is not None:
+            torch_state, np_state, py_state = self._saved
+            torch.default_generator.set_state(torch_state)
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+            self._saved = None
