@@ -42,7 +42,10 @@ def coordinate_image(h=200, w=256):
 
 
 def views(img, seed=0, **kwargs):
+    """The views in the exact mode, which these tests compare with Pillow bit for bit (the
+    fast mode's bounds: test_fast_views.py)."""
     torch.manual_seed(seed)
+    kwargs.setdefault('exact', True)
     return BEiTMaskedViews(**kwargs)(dict(img=img.copy(), img_shape=img.shape[:2]))
 
 
@@ -445,7 +448,7 @@ def test_folder_dataset_builds_its_pipeline_in_mmbeit_without_a_default_scope(tm
 def test_same_pipeline_on_mmpretrain_imagenet_and_folder(demo_data):
     from mmengine.registry import DATASETS as ROOT_DATASETS
     root = str(demo_data / 'imagenet')
-    view_kwargs = dict(img_size=48, target_size=24, **FULL_SQUARE, **NO_AUG)
+    view_kwargs = dict(img_size=48, target_size=24, **FULL_SQUARE, **NO_AUG, exact=True)
     with DefaultScope.overwrite_default_scope('mmbeit'):
         imagenet = ROOT_DATASETS.build(dict(
             type='mmpretrain.ImageNet', _scope_='mmpretrain', data_root=root, split='train',
