@@ -24,9 +24,7 @@ model = dict(
     type='BEiT',
     data_preprocessor=dict(
         type='MIMDataPreprocessor', mean=[123.675, 116.28, 103.53],
-        std=[58.395, 57.12, 57.375], patch_size=16,
-        mask_generator=dict(type='BlockwiseMaskGenerator', mask_ratio=75 / 196,
-                            min_num_patches=16, min_aspect=0.3, exact=True)),
+        std=[58.395, 57.12, 57.375], patch_size=16),
     backbone=dict(
         type='BEiTViT', arch='base', img_size=224, patch_size=16, use_abs_pos_emb=False,
         rel_pos_bias='shared', layer_scale_init_value=0.1, drop_path_rate=0.,
