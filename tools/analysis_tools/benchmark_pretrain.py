@@ -27,7 +27,8 @@ One iteration, as the runner's ``train_step`` does it, on both sides:
 its blocks are wrapped here in the same ``torch.utils.checkpoint`` call.
 ``--compile [BACKEND]`` times both models under ``torch.compile`` (default backend
 ``inductor``; the data preprocessor and the optimizer step stay eager): the first step runs
-eager, then ``--warmup`` compiled steps (compilation happens there) come before the timed ones.
+eager, then ``--warmup`` compiled steps (compilation happens there) come before the timed ones;
+on CUDA the peak memory is then that of the compiled steps.
 
 FLOPs: the first step of every run (forward, backward and optimizer step) is counted with
 ``torch.utils.flop_counter.FlopCounterMode``, which counts the matrix products,
@@ -269,6 +270,8 @@ def measure(args) -> dict:
         sys.exit(f'{args.impl}: non-finite first losses {first}')
     if args.compile:
         forward = torch.compile(model, backend=args.compile)
+        if device.type == 'cuda':  # the compiled steps' peak, not the eager first step's
+            torch.cuda.reset_peak_memory_stats()
     for _ in range(args.warmup - (0 if args.compile else 1)):
         step()
     if device.type == 'cuda':
