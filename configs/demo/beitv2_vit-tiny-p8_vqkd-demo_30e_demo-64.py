@@ -14,7 +14,9 @@ arch = dict(embed_dims=embed_dims, num_layers=4, num_heads=4,
             feedforward_channels=4 * embed_dims)
 
 train_pipeline = [
-    dict(type='mmbeit.LoadImageRGB'),
+    # lazy: read bytes + header here, decode once in BEiTMaskedViews after the crop is
+    # drawn (JPEGs at 1/2, 1/4 or 1/8 size when the crop allows)
+    dict(type='mmbeit.LoadImageRGB', lazy=True),
     dict(type='mmbeit.BEiTMaskedViews', img_size=64, target_size=64, interpolation='bicubic',
          target_interpolation='bicubic', scale=(0.2, 1.0), color_jitter=(0.4, 0.4, 0.4, 0.0),
          flip_prob=0.5),

@@ -7,7 +7,9 @@ dataset_type = 'mmpretrain.ImageNet'
 data_root = 'data/imagenet'
 
 train_pipeline = [
-    dict(type='mmbeit.LoadImageRGB'),
+    # lazy: read bytes + header here, decode once in BEiTMaskedViews after the crop is
+    # drawn (JPEGs at 1/2, 1/4 or 1/8 size when the crop allows)
+    dict(type='mmbeit.LoadImageRGB', lazy=True),
     dict(type='mmbeit.BEiTMaskedViews', img_size=224, target_size=224,
          interpolation='bicubic', target_interpolation='bicubic', scale=(0.2, 1.0),
          color_jitter=(0.4, 0.4, 0.4, 0.0), flip_prob=0.5),
