@@ -71,6 +71,7 @@ def test_cpu_smoke_runs_every_part(tmp_path):
     assert abs(train['loss_first'] - 2 * math.log(8192)) < 1  # two losses near ln 8192
     assert train['img_per_s'] > 0 and train['data_time_ms'] >= 0
     assert 'data_root' in parts['c']['config'] and "'checkpoint': None" in parts['c']['config']
+    assert parts['c']['lr_line'].startswith('total batch 1 x 2 = 2; lr 1.46484375e-06 = ')
 
     # (d) the config's DataLoader delivered batches of two 224 px views
     assert parts['d']['img_per_s'] > 0 and parts['d']['batches'] > 0
@@ -154,3 +155,34 @@ def test_bad_arguments_are_refused(tmp_path, capsys):
         with pytest.raises(SystemExit):
             suite.main(['--device', 'cuda', '--out', str(tmp_path)])
         assert '--device cuda: no CUDA device is visible' in capsys.readouterr().err
+
+
+def _running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except FileNotFoundError:
+        return False
+
+
+def test_a_part_past_its_time_is_ended_with_its_children(tmp_path):
+    """run_cmd's timeout ends the process and what it started (dataloader or compile
+    workers), and keeps what it printed."""
+    import sys
+    import time
+    suite = load('gpu_suite')
+    pid_file = tmp_path / 'child.pid'
+    code = ('import subprocess, sys, time\n'
+            f'p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])\n'
+            f'open({str(pid_file)!r}, "w").write(str(p.pid))\n'
+            'print("started", flush=True)\n'
+            'time.sleep(60)\n')
+    res = suite.run_cmd([sys.executable, '-c', code], 3, str(tmp_path / 'log'), echo=False)
+    assert res['returncode'] is None and res['seconds'] < 20
+    assert 'started' in res['tail'] and 'started' in (tmp_path / 'log').read_text()
+    child = int(pid_file.read_text())
+    deadline = time.time() + 10
+    while _running(child) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _running(child)

@@ -23,16 +23,16 @@ Then a summary table, ``OUT/summary.md`` and ``OUT/summary.json``, and the total
 Parts run in the order a, d, c, b (b, the longest, last), each within what is left of
 ``--budget`` seconds. Scratch data (JPEGs, work dirs, logs) goes to ``--work``, not OUT.
 
-``--smoke`` shrinks every part so that ``--device cpu --smoke`` runs on a CPU in a minute
-(CI runs it): base-size attention at batch 2; the tiny benchmark model, 1 timed iteration,
-compiled with the ``eager`` backend (dynamo tracing, no code generation) and mmbeit only;
-3 training iterations of the flagship config with a tiny ViT and tokenizer (same data
-pipeline, 224 px); 2 loader workers, batch 4. Usage::
+``--smoke`` shrinks every part so that ``--device cpu --smoke`` runs on 2 CPU cores in one to
+two minutes (CI runs it): base-size attention at batch 2; the tiny benchmark model, 2 timed
+iterations, mmbeit and mmpretrain eager and mmbeit compiled with the ``eager`` backend
+(dynamo tracing, no code generation); 3 training iterations of the flagship config with a
+tiny ViT and tokenizer (same data pipeline, 224 px); 2 loader workers, batch 4. Usage::
 
     python tools/analysis_tools/gpu_suite.py --device cuda --out OUT [--parts a,b,c,d]
     python tools/analysis_tools/gpu_suite.py --device cpu --smoke --out OUT
 
-How to run it on a GPU that arrives with torch only: docs/benchmarks.md, "GPU suite".
+How to run it on a GPU that arrives with torch only (wheels, the device call): docs/gpu_suite.md.
 """
 import argparse
 import glob
@@ -63,6 +63,20 @@ TINY_VIT = dict(embed_dims=64, num_layers=2, num_heads=2, feedforward_channels=1
 
 
 # ------------------------------------------------------------------------ processes
+_RUNNING = set()  # process groups started by run_cmd and not yet ended
+
+
+def _end_running(signum, frame):
+    """SIGTERM handler of a part's process: its children run in their own process groups,
+    which the suite's killpg of this process's group does not reach; end them too."""
+    for pgid in list(_RUNNING):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    sys.exit(128 + signum)
+
+
 def run_cmd(cmd, timeout: float, log_path: str, env=None, echo: bool = True) -> dict:
     """Run ``cmd`` in its own process group, echo and log its output; on timeout the
     whole group (dataloader workers, compile workers) is ended. Returns returncode (None
@@ -71,6 +85,7 @@ def run_cmd(cmd, timeout: float, log_path: str, env=None, echo: bool = True) -> 
     with open(log_path, 'w') as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, env=env, cwd=ROOT, start_new_session=True)
+        _RUNNING.add(proc.pid)
         tail = []
 
         def pump():
@@ -99,6 +114,7 @@ def run_cmd(cmd, timeout: float, log_path: str, env=None, echo: bool = True) -> 
                 except subprocess.TimeoutExpired:
                     continue
         reader.join(timeout=10)
+        _RUNNING.discard(proc.pid)
     return dict(returncode=code, seconds=time.time() - start, tail=''.join(tail)[-4000:])
 
 
@@ -229,6 +245,9 @@ def part_b(args) -> dict:
         if compile_backend:
             cmd += ['--compile', compile_backend]
         cap = caps['compiled' if compile_backend else 'eager']
+        if time_left(args) < 20:
+            results.append(dict(impl=impl, mode=mode, status='skipped (no time left)'))
+            continue
         res = run_cmd(cmd, min(cap, time_left(args) - 2),
                       osp.join(args.work, f'b_{impl}_{"compiled" if compile_backend else "eager"}'
                                '.log'), child_env(), echo=False)
@@ -391,7 +410,8 @@ def part_c(args) -> dict:
         except (FileNotFoundError, ValueError, statistics.StatisticsError):
             pass
         return out
-    lr_lines = [ln.split(' - ')[-1] for ln in res['tail'].splitlines() if 'total batch' in ln]
+    with open(log) as f:  # the lr line comes first, long before the tail
+        lr_lines = [ln.strip().split(' - ')[-1] for ln in f if 'total batch' in ln]
     t = summarize_training(read_scalars(work_dir), args.train_batch)
     out.update(train=t, lr_line=lr_lines[-1] if lr_lines else None,
                status='ok' if t['finite'] else 'failed')
@@ -484,6 +504,7 @@ def environment(device: str) -> dict:
 def run_part(args) -> int:
     """Child process: one part; writes OUT/<part>.json."""
     fn = dict(a=part_a, b=part_b, c=part_c, d=part_d)[args.run_part]
+    signal.signal(signal.SIGTERM, _end_running)
     start = time.time()
     result = fn(args)
     result.update(part=args.run_part, title=PARTS[args.run_part], seconds=time.time() - start)
