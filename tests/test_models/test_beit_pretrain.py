@@ -222,3 +222,24 @@ def test_bf16_autocast_on_cpu():
         out = model(**d, mode='loss')
     assert all(torch.isfinite(v) for v in out.values())
     assert out['loss_1'].dtype == torch.float32  # the head's CE runs on fp32 logits
+
+
+def test_masked_positions_gathered_without_boolean_indexing_equal_it():
+    """Equal counts per row (v2's exact masks): the preprocessor counts them on the host
+    and the loss gathers the masked positions by a stable sort, with the same values in
+    the same order as ``x[mask]``; unequal counts fall back to ``x[mask]``."""
+    from mmbeit.models.algorithms import BEiT
+    model = build(v2=True)
+    d = model.data_preprocessor(batch(b=3), True)
+    assert d['num_masked'] == 8
+    x = torch.randn(3, 16, 5)
+    assert torch.equal(BEiT.masked_selector(d['mask'], 8)(x), x[d['mask']])
+    assert torch.equal(BEiT.masked_selector(d['mask'], 8)(x[..., 0]), x[..., 0][d['mask']])
+    with_count = model(**d, mode='loss')
+    without = model(**dict(d, num_masked=None), mode='loss')
+    for key in with_count:
+        assert torch.equal(with_count[key], without[key]), key
+    uneven = batch(b=2)
+    uneven['inputs'][2][0][:] = False
+    uneven['inputs'][2][0][:3] = True
+    assert model.data_preprocessor(uneven, True)['num_masked'] is None

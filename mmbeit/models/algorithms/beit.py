@@ -1,4 +1,5 @@
-"""BEiT / BEiT v2 masked-image-modeling pretraining (beit-spec.md 4.1).
+"""BEiT / BEiT v2 masked-image-modeling pretraining (BEiT paper section 2; BEiT v2 paper
+section 3).
 
 One algorithm for both versions:
 
@@ -39,7 +40,7 @@ class BEiT(BaseModel):
         head (dict): a ``MIMHead`` whose ``vocab_size`` is the tokenizer's.
         target_generator (dict): a tokenizer (``VQKD``, ``DALLETokenizer``); built frozen.
         neck (dict, optional): ``BEiTV2Neck`` for BEiT v2; None for BEiT v1.
-        loss_weights (tuple): v2 weights of (main, aggregation) losses; spec: (1, 1).
+        loss_weights (tuple): v2 weights of (main, aggregation) losses; the paper's (1, 1).
     """
 
     def __init__(self, backbone: dict, head: dict, target_generator: dict,
@@ -90,32 +91,60 @@ class BEiT(BaseModel):
         """Token ids [B, N] of the tokenizer view (in [0, 1])."""
         return self.target_generator.tokenize(target_inputs)
 
+    @staticmethod
+    def masked_selector(mask: torch.Tensor, num_masked: Optional[int] = None):
+        """A function taking [B, N, ...] to its masked entries [M, ...] in row-major
+        order, as ``x[mask]`` does.
+
+        ``x[mask]`` makes the host wait for the device (the number of True entries decides
+        the output's size). When every row masks the same, host-known ``num_masked``
+        patches (BEiT v2's exact masks; :class:`MIMDataPreprocessor` counts them on the
+        host before the copy), the positions come from a stable sort instead, and the
+        step never waits for the device.
+        """
+        if num_masked is None:
+            return lambda x: x[mask]
+        b, n = mask.shape
+        # the True positions of each row first, each in increasing order: [B, K]
+        idx = torch.argsort(mask.to(torch.int8), dim=1, descending=True,
+                            stable=True)[:, :num_masked]
+
+        def select(x: torch.Tensor) -> torch.Tensor:
+            index = idx.view(b, num_masked, *([1] * (x.dim() - 2)))
+            index = index.expand(b, num_masked, *x.shape[2:])
+            return x.gather(1, index).flatten(0, 1)  # [B * K, ...]
+
+        return select
+
     def loss(self, inputs: torch.Tensor, target_inputs: torch.Tensor,
-             mask: torch.Tensor) -> Dict[str, torch.Tensor]:
-        labels = self.targets(target_inputs)[mask]  # [M]
+             mask: torch.Tensor, num_masked: Optional[int] = None) -> Dict[str, torch.Tensor]:
+        select = self.masked_selector(mask, num_masked)
+        labels = select(self.targets(target_inputs))  # [M]
         norm = self.backbone.norm
         if self.neck is None:
             (last, ) = self.backbone.forward_layers(inputs, [-1], mask)
-            out = self.head.loss(norm(last)[:, 1:][mask], labels)
+            out = self.head.loss(select(norm(last)[:, 1:]), labels)
             return dict(loss=out['loss'], acc=out['acc'])
         early, last = self.backbone.forward_layers(
             inputs, [self.neck.early_layers - 1, -1], mask)
         agg = self.neck(last[:, :1], early[:, 1:], self.backbone.shared_rel_pos_bias())
-        main = self.head.loss(norm(last)[:, 1:][mask], labels)
-        aux = self.head.loss(norm(agg)[:, 1:][mask], labels)
+        main = self.head.loss(select(norm(last)[:, 1:]), labels)
+        aux = self.head.loss(select(norm(agg)[:, 1:]), labels)
         w1, w2 = self.loss_weights
         return dict(loss_1=main['loss'] * w1, acc_1=main['acc'],
                     loss_2=aux['loss'] * w2, acc_2=aux['acc'])
 
     def forward(self, inputs: torch.Tensor, target_inputs: Optional[torch.Tensor] = None,
-                mask: Optional[torch.Tensor] = None, data_samples=None, mode: str = 'tensor'):
-        """``mode='loss'``: the loss dict (needs ``target_inputs`` and ``mask``);
-        ``'tensor'``: the backbone's final-normed token states [B, N+1, D]."""
+                mask: Optional[torch.Tensor] = None, data_samples=None, mode: str = 'tensor',
+                num_masked: Optional[int] = None):
+        """``mode='loss'``: the loss dict (needs ``target_inputs`` and ``mask``;
+        ``num_masked``, the count of every row when they are all equal, avoids a device
+        sync); ``'tensor'``: the backbone's final-normed token states [B, N+1, D]."""
         if mode == 'loss':
             if target_inputs is None or mask is None:
                 raise ValueError("BEiT.forward(mode='loss') needs target_inputs and mask; use "
                                  'MIMDataPreprocessor as the data preprocessor')
-            return self.loss(inputs, target_inputs, mask)
+            return self.loss(inputs, target_inputs, mask, num_masked)
         if mode == 'tensor':
             (last, ) = self.backbone.forward_layers(inputs, [-1], mask)
             return self.backbone.norm(last)

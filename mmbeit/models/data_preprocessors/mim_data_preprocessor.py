@@ -15,6 +15,9 @@ Output, the keyword arguments of the pretraining algorithm's ``forward``:
   normalisation (docs/contracts.md "Target generators");
 - ``mask`` [B, N] bool, row-major over the backbone's patch grid (H/p x W/p), drawn per
   sample in the data pipeline by ``MIMMask``;
+- ``num_masked`` (int or None): the number of True entries of every row when all rows
+  have the same (BEiT v2's exact masks), counted on the host before the copy, so that the
+  algorithm can gather the masked positions without a device sync; None otherwise;
 - ``data_samples``: passed through.
 
 The views travel as uint8 until they reach the device (a quarter of the bytes of fp32).
@@ -70,7 +73,16 @@ class MIMDataPreprocessor(BaseDataPreprocessor):
             raise TypeError('MIMDataPreprocessor expects inputs = [views, tokenizer_views, '
                             'masks] (pipeline: ... BEiTMaskedViews, MIMMask, PackMIMInputs), '
                             f'got {got}')
-        img, target, mask = (self._move(v) for v in entries)
+        img, target, mask = (v if torch.is_tensor(v) else torch.stack(list(v))
+                             for v in entries)
+        # counted before the copy, on the host: equal counts (BEiT v2's exact masks) let
+        # the algorithm gather the masked positions without waiting for the device
+        num_masked = None
+        if mask.device.type == 'cpu' and mask.dim() == 2 and len(mask):
+            counts = mask.sum(1)
+            if bool((counts == counts[0]).all()):
+                num_masked = int(counts[0])
+        img, target, mask = (self._move(v) for v in (img, target, mask))
         b, _, h, w = img.shape
         if h % self.patch_size or w % self.patch_size:
             raise ValueError(f'view size {h}x{w} is not a multiple of patch_size '
@@ -82,7 +94,7 @@ class MIMDataPreprocessor(BaseDataPreprocessor):
                              f'{list(mask.shape)}: is MIMMask.patch_size the backbone\'s?')
         img = (img.float() - self.mean) / self.std  # [B, 3, H, W]
         target = target.float() / 255.  # [B, 3, h, w] in [0, 1]
-        return dict(inputs=img, target_inputs=target, mask=mask,
+        return dict(inputs=img, target_inputs=target, mask=mask, num_masked=num_masked,
                     data_samples=data.get('data_samples'))
 
     def _move(self, value) -> torch.Tensor:
