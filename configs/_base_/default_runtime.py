@@ -4,6 +4,9 @@
 default_scope = 'mmbeit'
 
 default_hooks = dict(
+    # mmengine's RuntimeInfoHook, but a GPU step's losses reach the log one iteration
+    # later instead of making the host wait for the step every iteration
+    runtime_info=dict(type='AsyncRuntimeInfoHook'),
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=50),
     param_scheduler=dict(type='ParamSchedulerHook'),

@@ -1,5 +1,6 @@
 """Training hooks of mmbeit."""
+from .async_runtime_info import AsyncRuntimeInfoHook
 from .codebook_usage import CodebookUsageHook
 from .iteration_seed import IterationSeedHook
 
-__all__ = ['CodebookUsageHook', 'IterationSeedHook']
+__all__ = ['AsyncRuntimeInfoHook', 'CodebookUsageHook', 'IterationSeedHook']
