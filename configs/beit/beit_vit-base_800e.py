@@ -1,5 +1,5 @@
 # BEiT (v1) ViT-B/16 pretraining on ImageNet-1k, 800 epochs (BEiT paper section 2.5 and
-# Table 12; beit-spec.md 2, 3a, 4): DALL-E dVAE targets on a 14 x 14 grid, blockwise
+# Table 12; unilm beit PRETRAINING.md): DALL-E dVAE targets on a 14 x 14 grid, blockwise
 # masking of about 75 of 196 patches (may stop short, as in the paper; the ratio
 # 75/196 carries over to other input sizes), shared relative
 # position bias, LayerScale 0.1, drop path 0.1; AdamW 1.5e-3, batch 2048, 10 warmup
@@ -38,7 +38,7 @@ model = dict(
 optim_wrapper = dict(
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=1.5e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05),
-    # no weight decay for 1-D parameters, biases, pos_embed, cls_token (spec 4.3);
+    # no weight decay for 1-D parameters, biases, pos_embed, cls_token (unilm optim_factory.py);
     # mask_token and the relative position table keep it
     constructor='LayerDecayOptimWrapperConstructor',
     paramwise_cfg=dict(layer_decay_rate=1.0),

@@ -1,5 +1,5 @@
 # BEiT v2 ViT-B/16 pretraining on ImageNet-1k, 300 epochs (BEiT v2 paper; unilm beit2
-# PRETRAINING.md; beit-spec.md 2, 3b, 4): VQ-KD targets (the released CLIP-teacher
+# PRETRAINING.md): VQ-KD targets (the released CLIP-teacher
 # tokenizer, 8192 codes), blockwise masking of exactly 75 of 196 patches, patch
 # aggregation over layer 9's patch tokens with 2 extra blocks (two losses), shared
 # relative position bias, LayerScale 0.1, no drop path; AdamW 1.5e-3 betas (0.9, 0.98),
@@ -42,7 +42,7 @@ model = dict(
 optim_wrapper = dict(
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=1.5e-3, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.05),
-    # no weight decay for 1-D parameters, biases, pos_embed, cls_token (spec 4.3)
+    # no weight decay for 1-D parameters, biases, pos_embed, cls_token (unilm optim_factory.py)
     constructor='LayerDecayOptimWrapperConstructor',
     paramwise_cfg=dict(layer_decay_rate=1.0),
     clip_grad=dict(max_norm=3.0),

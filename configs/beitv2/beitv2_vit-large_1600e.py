@@ -1,5 +1,5 @@
 # BEiT v2 ViT-L/16, 1600 epochs: the large 300-epoch recipe with betas (0.9, 0.999) and
-# drop path 0.1 (unilm beit2 PRETRAINING.md; beit-spec.md 4.3).
+# drop path 0.1 (unilm beit2 PRETRAINING.md).
 # Train: batch 2048 = 16 GPUs x 128 (tools/train.py scales the lr linearly to any other
 # total batch and logs it). CONFIG = this file. Two machines: the same command on each,
 # NODE_RANK=0 on host0 and NODE_RANK=1 on the other, same MASTER_ADDR and PORT.

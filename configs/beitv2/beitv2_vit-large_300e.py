@@ -1,5 +1,5 @@
 # BEiT v2 ViT-L/16, 300 epochs: patch aggregation over layer 21 of 24, LayerScale 1e-5,
-# betas (0.9, 0.98), no drop path (unilm beit2 PRETRAINING.md; beit-spec.md 4.3). The
+# betas (0.9, 0.98), no drop path (unilm beit2 PRETRAINING.md). The
 # tokenizer is the same base-size VQ-KD (BEiT v2 paper section 3.1). Gradient checkpointing:
 #   --cfg-options model.backbone.with_cp=True
 # Train: batch 2048 = 16 GPUs x 128 (tools/train.py scales the lr linearly to any other

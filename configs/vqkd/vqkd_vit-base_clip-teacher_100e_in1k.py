@@ -1,4 +1,4 @@
-# VQ-KD tokenizer of BEiT v2 (paper section 2.2), the released recipe (beit-spec.md 3b):
+# VQ-KD tokenizer of BEiT v2 (paper section 2.2), the released recipe (unilm beit2 TOKENIZER.md):
 # ViT-B/16 encoder, 8192 x 32 normalised-EMA codebook with k-means init, 3-block decoder,
 # CLIP ViT-B/16 teacher (512-d patch features), ImageNet-1k, 100 epochs, batch 512
 # (8 GPUs x 64), AdamW 2e-4 (5e-5 per 128 images), 10 warmup epochs, cosine to 1e-5.

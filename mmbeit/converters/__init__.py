@@ -1,5 +1,5 @@
 """Checkpoint converters: unilm / timm / HF / mmpretrain / mmseg BEiT checkpoints -> the
-mmbeit layouts of docs/contracts.md (spec section 7).
+mmbeit layouts of docs/contracts.md.
 
 ``convert(state_dict_or_checkpoint, src, kind=None, strict_target_keys=None)`` returns
 ``(new_state_dict, ConversionReport)``; the command line front end is

@@ -1,7 +1,7 @@
-"""Shared pieces of the checkpoint converters (spec section 7, docs/contracts.md).
+"""Shared pieces of the checkpoint converters (docs/contracts.md).
 
 Every source layout is first mapped onto one *canonical* namespace, the unilm/timm names
-of spec 7's first column, then arranged into the mmbeit layout of the requested kind
+of the unilm layout (docs/contracts.md), then arranged into the mmbeit layout of the requested kind
 (``layout.py``). Canonical keys are:
 
 * backbone keys exactly as ``BEiTViT`` names them (``BACKBONE_KEY`` below);

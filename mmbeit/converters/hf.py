@@ -1,4 +1,4 @@
-"""HuggingFace transformers BEiT layout -> canonical keys (spec section 7, last column).
+"""HuggingFace transformers BEiT layout -> canonical keys (docs/contracts.md).
 
 Names come from transformers' ``modeling_beit.py`` and ``convert_beit_unilm_to_pytorch.py``
 (``BeitModel`` bare, or under ``beit.`` in ``BeitForImageClassification``,
@@ -22,7 +22,8 @@ Names come from transformers' ``modeling_beit.py`` and ``convert_beit_unilm_to_p
   head entries (``psp_modules.i.1.{conv,bn}``, ``bottleneck``, ``lateral_convs``,
   ``fpn_convs``, ``fpn_bottleneck``, ``convs``, ``conv_cat``) are named like mmseg's UPerHead /
   FCNHead in the HF source and pass through unchanged. Only the classifier rename is listed
-  in spec 7; the pass-through names were read from HF's module tree, not checked against a
+  in docs/contracts.md; pass-through names were read from HF's module tree, not checked
+  against a
   real converted checkpoint.
 
 ``relative_position_index`` buffers (stored by older transformers versions) are dropped.

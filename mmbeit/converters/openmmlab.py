@@ -1,4 +1,4 @@
-"""mmpretrain and mmseg layouts -> canonical keys (spec section 7, columns 2 and 3).
+"""mmpretrain and mmseg layouts -> canonical keys (docs/contracts.md).
 
 Both name a block ``layers.i.{ln1, ln2, attn.*, ffn.layers.0.0, ffn.layers.1, gamma_1,
 gamma_2}`` and the patch embedding ``patch_embed.projection``.

@@ -1,4 +1,4 @@
-"""unilm / timm layout -> canonical keys (spec section 7, first column).
+"""unilm / timm layout -> canonical keys (docs/contracts.md).
 
 unilm and timm share names (timm loads unilm's ``model`` dicts directly). Handled:
 

@@ -1,4 +1,4 @@
-"""A folder of images without labels, for BEiT / BEiT v2 pretraining (beit-spec.md 4.2).
+"""A folder of images without labels, for BEiT / BEiT v2 pretraining.
 
 Pretraining needs images only. :class:`UnlabeledImageFolder` lists them either by
 walking a folder or from a text file, and yields ``dict(img_path=...)`` per image for

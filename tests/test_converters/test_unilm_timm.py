@@ -1,5 +1,6 @@
 """unilm / timm layout -> mmbeit (real timm ``Beit`` models for the key names; unilm
-pretraining and segmentation dicts built from them with the unilm names of spec 4.1 / 7)."""
+pretraining and segmentation dicts built from them with the unilm names
+(docs/contracts.md)."""
 import pytest
 import torch
 
@@ -103,7 +104,7 @@ def test_timm_base_classifier_logits(name, init_values):
 def _unilm_pretrain(v2: bool):
     """unilm VisionTransformerForMaskedImageModeling(CLS) names: timm's shared-rel-pos Beit
     (same names) + mask_token, rel_pos_bias.relative_position_index, norm, lm_head and,
-    for v2, cls_pt_layers.k.* (two extra blocks, spec 4.1)."""
+    for v2, cls_pt_layers.k.* (two extra blocks, unilm modeling_pretrain.py)."""
     ref = _timm(num_classes=0, global_pool='token', init_values=0.1, use_rel_pos_bias=False,
                 use_shared_rel_pos_bias=True)
     sd = dict(ref.state_dict())

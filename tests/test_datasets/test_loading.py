@@ -1,5 +1,5 @@
 """LoadImageRGB: every Pillow mode becomes 8-bit RGB; bad files fail naming the file
-(beit-spec.md 4.2; the rules are in mmbeit/datasets/transforms/loading.py)."""
+(the rules are in mmbeit/datasets/transforms/loading.py)."""
 import io
 import re
 

@@ -1,10 +1,10 @@
 """Tests for mmbeit/datasets/transforms/mask_generators.py: BEiT's blockwise masking
-(spec section 2, paper Alg. 1; v1 ``exact=False`` / v2 ``exact=True``) and uniform random
+(BEiT paper Algorithm 1, paper Alg. 1; v1 ``exact=False`` / v2 ``exact=True``) and uniform random
 masking.
 
 Statistical checks use a fixed seed, so they are deterministic; their bands are still set
 from the binomial standard error so that a correct generator would pass for any seed.
-The reference distribution is a plain re-implementation of the spec's pseudo-code written
+The reference distribution is a plain re-implementation of the paper's pseudo-code written
 here with Python's ``random`` module, never the code under test."""
 import math
 import random

@@ -1,4 +1,4 @@
-"""The data side of BEiT / BEiT v2 pretraining (beit-spec.md 4.2): the unlabeled folder
+"""The data side of BEiT / BEiT v2 pretraining: the unlabeled folder
 dataset, the two views from one crop, packing, collation, and the same pipeline on
 mmpretrain's ImageNet."""
 import os

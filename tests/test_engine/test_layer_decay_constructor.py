@@ -1,4 +1,4 @@
-"""Tests for LayerDecayOptimWrapperConstructor (beit-spec 4.3, 5, 6; contracts "Layer depth")."""
+"""Tests for LayerDecayOptimWrapperConstructor (docs/contracts.md "Layer depth")."""
 import math
 
 import pytest

@@ -1,4 +1,4 @@
-"""Tests for mmbeit/models/backbones/beit_vit.py (spec section 1: BEiT / BEiT v2 backbone,
+"""Tests for mmbeit/models/backbones/beit_vit.py (BEiT / BEiT v2 backbone,
 init 1.6, outputs 1.7, load path 1.8; key layout of docs/contracts.md), including
 numerical equality with timm's ``Beit``."""
 import math

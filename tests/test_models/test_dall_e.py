@@ -1,4 +1,4 @@
-"""Tests for mmbeit/models/tokenizers/dall_e.py (spec 3a: DALL-E dVAE, the BEiT v1 target).
+"""Tests for mmbeit/models/tokenizers/dall_e.py (unilm dall_e: DALL-E dVAE, the BEiT v1 target).
 
 Independent references: mmpretrain's ``DALLEEncoder`` (mmpretrain.models.selfsup.cae,
 registered there as 'DALL-E') for the encoder's numbers and key layout, and a stand-in

@@ -1,5 +1,5 @@
 """Tests for mmbeit/models/tokenizers/quantizer.py: the normalised-EMA vector quantizer of
-VQ-KD (BEiT v2, spec 3b), its spherical k-means init, usage statistics, optional
+VQ-KD (BEiT v2, unilm modeling_vqkd.py), its spherical k-means init, usage statistics, optional
 dead-code restarts and the all-reduce of its statistics over 2 real CPU ranks (gloo).
 
 Expected values are worked out by hand or by straightforward re-implementations written

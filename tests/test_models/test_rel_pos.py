@@ -1,4 +1,4 @@
-"""Tests for mmbeit/models/utils/rel_pos.py (spec 1.4 relative position bias, spec 1.8
+"""Tests for mmbeit/models/utils/rel_pos.py (relative position bias,
 geometric-progression table resize and absolute pos_embed resize)."""
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Tests for mmbeit/models/tokenizers/teachers.py (spec 3b: the frozen VQ-KD teachers) and
+"""Tests for mmbeit/models/tokenizers/teachers.py (the frozen VQ-KD teachers) and
 tools/model_converters/clip_to_state_dict.py.
 
 ``CLIPViT`` is checked against transformers' CLIP vision model (weights mapped into

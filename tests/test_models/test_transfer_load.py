@@ -1,5 +1,5 @@
-"""Transfer from a pretraining checkpoint into downstream backbones (issue 6; spec 1.7,
-1.8): ``BEiTViT.load_pretrained`` through ``init_cfg=dict(type='Pretrained')``, the
+"""Transfer from a pretraining checkpoint into downstream backbones (issue 6):
+``BEiTViT.load_pretrained`` through ``init_cfg=dict(type='Pretrained')``, the
 linear-probe outputs, and inputs on a patch grid smaller than the model's."""
 import logging
 import re
@@ -69,7 +69,7 @@ def test_finetune_backbone_gets_every_pretrained_tensor(tmp_path, load_log):
         if 'relative_position_bias_table' in k or k.startswith('fc_norm.'):
             continue
         assert torch.equal(v, sd[f'backbone.{k}']), k
-    # fc_norm starts fresh at (1, 0) (spec 1.7): it is the only tensor not loaded
+    # fc_norm starts fresh at (1, 0) (unilm modeling_finetune.py): it is the only tensor not loaded
     assert torch.equal(got['fc_norm.weight'], torch.ones(32))
     assert torch.equal(got['fc_norm.bias'], torch.zeros(32))
     assert model.is_init

@@ -1,4 +1,4 @@
-"""Tests for mmbeit/models/tokenizers/vqkd.py: the VQ-KD tokenizer of BEiT v2 (spec 3b).
+"""Tests for mmbeit/models/tokenizers/vqkd.py: the VQ-KD tokenizer of BEiT v2.
 
 The reference for tokenization is mmpretrain's ``VQKD`` (mmpretrain/models/selfsup/
 beit.py: its own BEiTViT encoder, task layer and NormEMAVectorQuantizer), built tiny with
@@ -148,7 +148,7 @@ def test_tokens_match_mmpretrain_vqkd():
 # 2. checkpoint layout
 # ---------------------------------------------------------------------------------------
 def official_state_dict(out_dims=12, seed=0):
-    """The unilm VQ-KD checkpoint layout (spec 3b) at the tiny sizes, random values,
+    """The unilm VQ-KD checkpoint layout (unilm modeling_vqkd.py) at the tiny sizes, random values,
     with the teacher / scaling-layer / loss keys the official file carries."""
     gen = torch.Generator().manual_seed(seed)
     shapes = {}

@@ -1,4 +1,4 @@
-# ADE20K (150 classes) for UperNet fine-tuning at 640 x 640 crops (beit-spec section 6):
+# ADE20K (150 classes) for UperNet fine-tuning at 640 x 640 crops (unilm semseg configs):
 # random resize of (2560, 640) by 0.5-2.0, random crop with cat_max_ratio 0.75, flip,
 # photometric distortion; label 0 ("other") ignored through reduce_zero_label; the model's
 # data preprocessor pads to the crop (image 0, label 255). Test: resize to (2560, 640) keeping

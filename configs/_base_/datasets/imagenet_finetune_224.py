@@ -1,4 +1,4 @@
-# ImageNet-1k for BEiT fine-tuning (beit-spec section 5, timm's create_transform as the
+# ImageNet-1k for BEiT fine-tuning (unilm run_class_finetuning.py, timm's create_transform as the
 # unilm scripts call it): RandomResizedCrop 224 bicubic + flip, RandAugment
 # rand-m9-mstd0.5-inc1, RandomErasing 0.25 (per-pixel noise); eval: resize the short edge
 # to 256 (224 / 0.875, bicubic), centre crop 224. Mixup / CutMix run in the model

@@ -1,4 +1,4 @@
-# ImageNet-1k images for VQ-KD tokenizer training (beit-spec.md 3b "Training recipe"):
+# ImageNet-1k images for VQ-KD tokenizer training (unilm beit2 TOKENIZER.md):
 # RandomResizedCrop 224 (scale 0.08-1, bicubic) + horizontal flip, no colour jitter.
 # Labels are read (mmpretrain's ImageNet layout) but not used.
 dataset_type = 'mmpretrain.ImageNet'

@@ -1,4 +1,4 @@
-# BEiT / BEiT v2 ViT-B/16 image classifier for fine-tuning (beit-spec sections 1.7, 5):
+# BEiT / BEiT v2 ViT-B/16 image classifier for fine-tuning (unilm modeling_finetune.py):
 # mmpretrain's ImageClassifier around mmbeit's BEiTViT with per-layer relative position
 # bias, q/v bias, LayerScale and mean pooling through fc_norm; a linear head initialised
 # 1000x smaller than trunc-normal(0.02) (unilm's --init_scale 0.001); label smoothing

@@ -1,4 +1,4 @@
-# UperNet with a BEiT / BEiT v2 ViT-B/16 backbone for ADE20K (beit-spec section 6):
+# UperNet with a BEiT / BEiT v2 ViT-B/16 backbone for ADE20K (unilm beit/semantic_segmentation):
 # mmseg's EncoderDecoder; mmbeit's BEiTViT (per-layer relative position bias, no absolute
 # position embedding, raw block outputs of blocks 4, 6, 8, 12 as [B, 768, H/16, W/16]);
 # mmseg's Feature2Pyramid (4x: ConvT-BN-GELU-ConvT, 2x: ConvT, 1x, 1/2x: max-pool) to

@@ -1,4 +1,4 @@
-# Fine-tuning schedule of the BEiT / BEiT v2 recipes (beit-spec section 5): AdamW
+# Fine-tuning schedule of the BEiT / BEiT v2 recipes (unilm run_class_finetuning.py): AdamW
 # (weight decay 0.05, none on 1-D parameters, biases, pos_embed, cls_token) through
 # mmbeit's layer-decay constructor, 20 warmup epochs from about 0, then per-step cosine
 # to 1e-6 (scaled per layer group, as unilm does), 100 epochs at batch 1024 (8 GPUs x

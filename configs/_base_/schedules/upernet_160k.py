@@ -1,4 +1,4 @@
-# ADE20K UperNet schedule of the BEiT recipes (beit-spec section 6): AdamW (betas 0.9,
+# ADE20K UperNet schedule of the BEiT recipes (unilm beit/semantic_segmentation): AdamW (betas 0.9,
 # 0.999; weight decay 0.05) with layer-wise lr decay from mmbeit's constructor (the same
 # layer ids as classification), linear warmup over 1500 iterations from 1e-6 of the lr,
 # then linear (poly 1.0) decay to 0 at 160k iterations; batch 16 (8 GPUs x 2). Leaves set

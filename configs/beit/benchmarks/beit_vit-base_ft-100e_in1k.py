@@ -1,5 +1,5 @@
 # BEiT (v1) ViT-B/16 fine-tuned on ImageNet-1k from our 800-epoch pretraining
-# (configs/beit/beit_vit-base_800e.py; beit-spec section 5, BEiT paper Table 13): AdamW
+# (configs/beit/beit_vit-base_800e.py; BEiT paper Table 13): AdamW
 # lr 4e-3 at batch 1024 (the paper sweeps 2e-3 to 5e-3), 100 epochs, 20 warmup, layer
 # decay 0.65, drop path 0.1, RandAugment, Mixup 0.8 / CutMix 1.0, label smoothing 0.1,
 # RandomErasing 0.25. Paper: 83.2 top-1.

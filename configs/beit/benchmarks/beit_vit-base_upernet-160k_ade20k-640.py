@@ -1,6 +1,6 @@
 # ADE20K semantic segmentation, UperNet on BEiT (v1) ViT-B/16 from our 800-epoch
-# self-supervised pretraining, 640 x 640 crops, 160k iterations at batch 16 (beit-spec
-# section 6): AdamW lr 7e-4 and layer decay 0.65 (unilm's recipe for SSL-only
+# self-supervised pretraining, 640 x 640 crops, 160k iterations at batch 16 (unilm
+# beit/semantic_segmentation): AdamW lr 7e-4 and layer decay 0.65 (unilm's recipe for SSL-only
 # checkpoints), drop path 0.1; slide test with stride 426. Reported for this setting:
 # 47.1 mIoU (UperNet, IN-1k self-supervised only, the MAE paper's reproduction); 53.6
 # with ImageNet-22k pretraining and intermediate fine-tuning.

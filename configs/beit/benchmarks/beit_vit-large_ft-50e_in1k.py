@@ -1,5 +1,5 @@
 # BEiT (v1) ViT-L/16 fine-tuned on ImageNet-1k from our 800-epoch pretraining
-# (configs/beit/beit_vit-large_800e.py; beit-spec section 5, BEiT paper Table 13): 50
+# (configs/beit/beit_vit-large_800e.py; BEiT paper Table 13): 50
 # epochs, 5 warmup, layer decay 0.75, drop path 0.1, batch 1024. The paper sweeps lr over
 # 2e-3 to 5e-3 without saying which won; 2e-3 here. Paper: 85.2 top-1 at 224.
 _base_ = [

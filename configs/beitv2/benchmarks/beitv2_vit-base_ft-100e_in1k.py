@@ -1,5 +1,5 @@
 # BEiT v2 ViT-B/16 fine-tuned on ImageNet-1k from our 300-epoch pretraining
-# (configs/beitv2/beitv2_vit-base_300e.py; beit-spec section 5, unilm beit2
+# (configs/beitv2/beitv2_vit-base_300e.py; unilm beit2
 # get_started_for_image_classification.md): AdamW lr 5e-4 at batch 1024, 100 epochs,
 # 20 warmup, layer decay 0.65, drop path 0.1, RandAugment, Mixup 0.8 / CutMix 1.0, label
 # smoothing 0.1, RandomErasing 0.25. Paper: 85.0 top-1 (85.5 after 1600 epochs with

@@ -1,8 +1,8 @@
 # Linear probing of BEiT v2 ViT-B/16 on ImageNet-1k (BEiT v2 paper: 80.1 top-1 for the
 # 300-epoch base model): a linear classifier on the cls token of the last block after
 # the pretrained final LayerNorm (`norm`), the feature BEiT v2's patch aggregation trains
-# to summarise the image; the whole backbone frozen. The v2 paper's probe table was not
-# readable (beit-spec section 9), so optimiser and schedule follow unilm's released probe
+# to summarise the image; the whole backbone frozen. The v2 paper's probe table gives no
+# optimiser settings we could read, so optimiser and schedule follow unilm's released probe
 # script (beit/run_linear_eval.py).
 _base_ = [
     '../../_base_/datasets/imagenet_linear_probe.py',

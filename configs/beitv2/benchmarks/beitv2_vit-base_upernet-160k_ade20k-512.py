@@ -1,5 +1,5 @@
 # ADE20K semantic segmentation, UperNet on BEiT v2 ViT-B/16 from our 300-epoch
-# pretraining, 512 x 512 crops, 160k iterations at batch 16 (beit-spec section 6, unilm
+# pretraining, 512 x 512 crops, 160k iterations at batch 16 (unilm
 # beit2/semantic_segmentation): AdamW lr 5e-5, layer decay 0.75, drop path 0.15; slide
 # test with stride 341. Paper: 53.1 mIoU (single scale, 1600-epoch pretraining).
 #

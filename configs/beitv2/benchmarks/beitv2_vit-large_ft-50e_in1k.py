@@ -1,5 +1,5 @@
 # BEiT v2 ViT-L/16 fine-tuned on ImageNet-1k from our 300-epoch pretraining
-# (configs/beitv2/beitv2_vit-large_300e.py; beit-spec section 5): AdamW lr 5e-4 at batch
+# (configs/beitv2/beitv2_vit-large_300e.py; unilm beit2 README): AdamW lr 5e-4 at batch
 # 1024 (2e-4 after 1600 epochs), 50 epochs, 5 warmup, layer decay 0.8, drop path 0.2.
 # Paper: 86.6 top-1 (87.3 after 1600 epochs).
 _base_ = [

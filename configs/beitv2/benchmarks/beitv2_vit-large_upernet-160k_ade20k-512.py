@@ -1,5 +1,5 @@
 # ADE20K semantic segmentation, UperNet on BEiT v2 ViT-L/16 from our 300-epoch
-# pretraining, 512 x 512 crops, 160k iterations at batch 16 (beit-spec section 6):
+# pretraining, 512 x 512 crops, 160k iterations at batch 16 (unilm beit2/semantic_segmentation):
 # AdamW lr 4e-5, layer decay 0.9, drop path 0.2; features of blocks 8, 12, 16, 24.
 # Paper: 56.7 mIoU (single scale, 1600-epoch pretraining).
 _base_ = [

@@ -1,4 +1,4 @@
-"""Read an image file as 8-bit RGB, whatever its mode (beit-spec.md section 4.2).
+"""Read an image file as 8-bit RGB, whatever its mode (as unilm beit/datasets.py reads them).
 
 The reference pretraining code reads every image with ``PIL.Image.open(f).convert('RGB')``
 (torchvision's ``ImageFolder`` loader). :class:`LoadImageRGB` does the same for the
@@ -165,7 +165,7 @@ class EncodedImage:
 
 @TRANSFORMS.register_module()
 class LoadImageRGB(BaseTransform):
-    """Read ``results['img_path']`` with Pillow as an 8-bit RGB image (spec 4.2).
+    """Read ``results['img_path']`` with Pillow as an 8-bit RGB image (unilm datasets.py).
 
     Sets ``img`` (HxWx3 uint8 numpy array, RGB order), ``img_shape`` and ``ori_shape``
     (both ``(H, W)``). See the module docstring for the conversion of every mode:

@@ -1,4 +1,4 @@
-"""Codebook-usage logging for VQ-KD training (BEiT v2 tokenizer, beit-spec.md 3b).
+"""Codebook-usage logging for VQ-KD training (BEiT v2 tokenizer, paper section 2.2).
 
 A collapsing codebook (most codes never chosen, unilm#1556) is invisible in the loss. The
 hook reads the per-code counts every quantizer accumulates during training forwards

@@ -1,8 +1,8 @@
 """Layer-wise learning-rate decay optimiser-wrapper constructor for BEiT / BEiT v2.
 
 One constructor serves classification fine-tuning, segmentation fine-tuning and
-pretraining (beit-spec.md section 5 "Layer-wise LR decay", section 6 "Optimiser",
-section 4.3 "Optimisation"; docs/contracts.md "Layer depth").
+pretraining (BEiT paper appendix: layer-wise learning-rate decay; unilm
+optim_factory.py; docs/contracts.md "Layer depth").
 
 Layer ids come from the module that defines ``get_layer_depth(name)`` and ``num_layers``
 (L): either the model itself, or ``model.backbone`` (names then lose their ``backbone.``
@@ -11,8 +11,8 @@ prefix, and every parameter outside the backbone gets id L + 1). A parameter wit
 
 Weight decay is switched off for every 1-D parameter, every bias, and ``pos_embed`` /
 ``cls_token``. The names are matched on their last component, so a ``backbone.`` prefix
-does not hide them (mmseg's constructor has that bug, spec section 6). ``mask_token`` and
-the 2-D relative-position tables keep weight decay (spec 4.3).
+does not hide them (mmseg's constructor has that bug). ``mask_token`` and
+the 2-D relative-position tables keep weight decay (unilm optim_factory.py).
 
 Example config::
 
@@ -49,7 +49,7 @@ from mmbeit.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS, OPTIMIZE
 
 __all__ = ['LayerDecayOptimWrapperConstructor', 'use_fused_adam']
 
-# Last name components that never get weight decay (beit-spec 4.3, unilm optim_factory).
+# Last name components that never get weight decay (unilm optim_factory).
 DEFAULT_NO_DECAY_NAMES = ('pos_embed', 'cls_token')
 
 

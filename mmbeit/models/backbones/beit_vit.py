@@ -1,10 +1,10 @@
 """BEiT / BEiT v2 vision transformer backbone (``BEiTViT``) and its reusable blocks.
 
-Implements spec section 1 (backbone) of docs/beit-spec.md for BEiT (arXiv 2106.08254) and
-BEiT v2 (arXiv 2208.06366): patch embedding with optional mask token (1.2), attention with
-q/v bias and relative position bias (1.3, 1.4), blocks with LayerScale and stochastic depth
-(1.5), pretraining-style initialisation (1.6), outputs and pooling (1.7) and the checkpoint
-load path with resolution changes (1.8). State-dict keys follow unilm/timm exactly, see
+Implements the backbone of BEiT (arXiv 2106.08254, section 2 and appendix) and BEiT v2
+(arXiv 2208.06366) as unilm's beit/modeling_finetune.py builds it: patch embedding with
+optional mask token, attention with q/v bias and relative position bias, blocks with
+LayerScale and stochastic depth, pretraining-style initialisation, outputs and pooling, and
+the checkpoint load path with resolution changes. State-dict keys follow unilm/timm exactly, see
 docs/contracts.md.
 """
 import math
@@ -37,7 +37,7 @@ __all__ = ['PretrainedMismatchError', 'DropPath', 'BEiTAttention', 'BEiTMlp', 'B
 
 
 def beit_init_weights_(module: nn.Module, std: float = 0.02) -> None:
-    """Pretraining init of spec 1.6 on every sub-module of ``module``.
+    """Pretraining init of unilm modeling_finetune.py on every sub-module of ``module``.
 
     Linear/Conv2d weights: trunc-normal with std ``std`` truncated at +-std (a=-std, b=std),
     biases 0; LayerNorm (1, 0). Parameters that are not in such layers are left alone.
@@ -71,7 +71,7 @@ class DropPath(nn.Module):
 
 
 class BEiTAttention(nn.Module):
-    """Multi-head self-attention of BEiT (spec 1.3).
+    """Multi-head self-attention of BEiT (unilm modeling_finetune.py).
 
     ``qkv`` is a Linear(D, 3D) without bias, applied with the bias cat(q_bias, 0, v_bias);
     q is scaled by head_dim**-0.5. With ``window_size`` set, the layer owns a relative
@@ -169,7 +169,7 @@ class BEiTMlp(nn.Module):
 
 
 class BEiTBlock(nn.Module):
-    """Pre-norm transformer block of BEiT (spec 1.5).
+    """Pre-norm transformer block of BEiT (unilm modeling_finetune.py).
 
     x = x + DropPath(gamma_1 * Attn(norm1(x))); x = x + DropPath(gamma_2 * Mlp(norm2(x))).
     ``gamma_1``/``gamma_2`` [D] exist only when ``layer_scale_init_value > 0``. The FFN
@@ -211,7 +211,7 @@ class BEiTBlock(nn.Module):
 
     @torch.no_grad()
     def rescale_(self, layer_id: int) -> None:
-        """Divide attn.proj.weight and mlp.fc2.weight by sqrt(2 * layer_id) (spec 1.6)."""
+        """Divide attn.proj.weight and mlp.fc2.weight by sqrt(2 * layer_id)."""
         self.attn.proj.weight.div_(math.sqrt(2.0 * layer_id))
         self.mlp.fc2.weight.div_(math.sqrt(2.0 * layer_id))
 
@@ -229,7 +229,7 @@ class PatchEmbed(nn.Module):
 
 @MODELS.register_module()
 class BEiTViT(BaseModule):
-    """BEiT / BEiT v2 ViT backbone (spec section 1; keys per docs/contracts.md).
+    """BEiT / BEiT v2 ViT backbone (unilm modeling_finetune.py; keys per docs/contracts.md).
 
     Args:
         arch (str | dict): 'tiny', 'small', 'base', 'large' (or t/s/b/l), or a dict with
@@ -332,7 +332,7 @@ class BEiTViT(BaseModule):
 
     # ------------------------------------------------------------------ init / freezing
     def init_weights(self) -> None:
-        """Pretraining init (spec 1.6) without ``init_cfg``. With
+        """Pretraining init (unilm modeling_finetune.py) without ``init_cfg``. With
         ``init_cfg=dict(type='Pretrained', checkpoint=..., prefix='backbone.')`` the
         checkpoint is loaded by :meth:`load_pretrained` (checked, not mmengine's silent
         non-strict load); other init_cfg entries go to mmengine's initialisers."""
@@ -614,7 +614,7 @@ class BEiTViT(BaseModule):
 
 
 # ---------------------------------------------------------------------------------------
-# Load path (docs/contracts.md, spec 1.8)
+# Load path (docs/contracts.md, unilm run_class_finetuning.py)
 # ---------------------------------------------------------------------------------------
 class PretrainedMismatchError(ValueError):
     """A pretrained checkpoint that does not fit the backbone it is loaded into."""
@@ -643,7 +643,8 @@ def adapt_beit_state_dict_(model: BEiTViT, state_dict: Dict[str, torch.Tensor],
     ``prefix``; other keys are not touched). Steps, each logged:
 
     1. drop every ``*relative_position_index`` (non-persistent, rebuilt from the grid);
-    2. shared table -> per-layer tables when the model is per-layer (spec 1.8(b)); if
+    2. shared table -> per-layer tables when the model is per-layer (unilm
+       run_class_finetuning.py); if
        the checkpoint has per-layer tables while the model wants a shared one, raise;
     3. resize relative tables (geometric bicubic) and ``pos_embed`` (bicubic) whose grid
        differs from the model's; the source grid is taken as square when it can be;

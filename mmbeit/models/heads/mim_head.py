@@ -1,4 +1,4 @@
-"""Masked-image-modeling head of BEiT / BEiT v2 (beit-spec.md 4.1).
+"""Masked-image-modeling head of BEiT / BEiT v2 (BEiT paper section 2.5).
 
 ``lm_head``: one Linear from the backbone width to the tokenizer vocabulary, applied only
 to the token states at masked positions; the loss is cross-entropy against the tokenizer's

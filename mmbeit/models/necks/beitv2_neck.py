@@ -1,4 +1,4 @@
-"""BEiT v2 patch-aggregation neck (BEiT v2 paper section 2.3; beit-spec.md 4.1 "v2").
+"""BEiT v2 patch-aggregation neck (BEiT v2 paper section 2.3).
 
 The last block's cls token (before the final norm) is put in front of the patch tokens
 of an early block (``early_layers``: 9 of 12 for base, 21 of 24 for large, 1-based) and

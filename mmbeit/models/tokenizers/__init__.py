@@ -1,4 +1,4 @@
-"""Visual tokenizers (spec section 3): the VQ-KD tokenizer with its normalised-EMA
+"""Visual tokenizers (the BEiT / BEiT v2 papers): the VQ-KD tokenizer with its normalised-EMA
 quantizer and teachers, the DALL-E dVAE, and HOG tokens (no network; the demo's). All
 are target generators for pretraining with one interface: ``tokenize(images in [0, 1])
 -> ids [B, N]``, ``vocab_size``, ``input_size``, ``grid``, ``freeze()``

@@ -1,4 +1,4 @@
-"""DALL-E dVAE tokenizer: the target generator of BEiT v1 (docs/beit-spec.md section 3a).
+"""DALL-E dVAE tokenizer: the target generator of BEiT v1 (BEiT paper section 2.2).
 
 What it is. OpenAI's discrete VAE from DALL-E. Its encoder turns an image into a grid of
 logits over a visual vocabulary of 8192 codes; the argmax at every position is the token

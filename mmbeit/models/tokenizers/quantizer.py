@@ -1,4 +1,5 @@
-"""Normalised-EMA vector quantizer of VQ-KD (BEiT v2 paper section 2.2; beit-spec.md 3b).
+"""Normalised-EMA vector quantizer of VQ-KD (BEiT v2 paper section 2.2; unilm beit2
+norm_ema_quantizer.py).
 
 The codebook holds K unit vectors of dimension d (default 8192 x 32). For a batch of
 features z [B, N, d]:

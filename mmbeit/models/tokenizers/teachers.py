@@ -1,4 +1,4 @@
-"""Frozen teacher networks whose features VQ-KD learns to reconstruct (spec section 3b).
+"""Frozen teacher networks whose features VQ-KD learns to reconstruct (unilm modeling_vqkd.py).
 
 VQ-KD (BEiT v2) trains its tokenizer by regressing, for every patch, the feature a frozen
 teacher produces for that patch. Two teachers are provided, both registered in
@@ -316,7 +316,7 @@ class CLIPTransformer(nn.Module):
 
 @MODELS.register_module()
 class CLIPViT(_FrozenTeacher, BaseModule):
-    """OpenAI CLIP image encoder as a frozen VQ-KD teacher (spec 3b).
+    """OpenAI CLIP image encoder as a frozen VQ-KD teacher (unilm modeling_vqkd.py).
 
     ``forward(x)``: x [B, 3, H, W] normalised with ``CLIP_MEAN`` / ``CLIP_STD`` ->
     ``ln_post(tokens)[:, 1:] @ proj`` [B, N, output_dim].
@@ -397,7 +397,7 @@ class CLIPViT(_FrozenTeacher, BaseModule):
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)  # [B, N+1, W]
         x = self.transformer(self.ln_pre(x))
         # ln_post is per token, so normalising the patch tokens only is the same as
-        # normalising all tokens and then dropping cls (spec 3b).
+        # normalising all tokens and then dropping cls (unilm modeling_vqkd.py).
         x = self.ln_post(x[:, 1:])  # [B, N, W]
         return x @ self.proj.to(x.dtype)  # [B, N, output_dim]
 
@@ -423,7 +423,7 @@ _QKV_BIAS = re.compile(r'blocks\.(\d+)\.attn\.qkv\.bias')
 
 @MODELS.register_module()
 class DINOViT(_FrozenTeacher, BEiTViT):
-    """DINO ViT as a frozen VQ-KD teacher (spec 3b, the alternative to CLIP).
+    """DINO ViT as a frozen VQ-KD teacher (unilm modeling_vqkd.py, the alternative to CLIP).
 
     A ``BEiTViT`` with an absolute position embedding, no relative position bias, no
     LayerScale and the final ``norm``; ``forward(x)``: x [B, 3, H, W] normalised with

@@ -1,5 +1,5 @@
 """VQ-KD: vector-quantised knowledge distillation tokenizer of BEiT v2 (paper section 2.2,
-beit-spec.md 3b). One registered model serves both uses:
+unilm modeling_vqkd.py). One registered model serves both uses:
 
 - **training** (``tools/train.py configs/vqkd/...``): encoder -> encode task layer (fp32)
   -> :class:`NormEMAQuantizer` -> decoder -> decode task layer, trained to reproduce a
@@ -43,7 +43,7 @@ from .quantizer import NormEMAQuantizer
 
 __all__ = ['VQKD', 'load_tokenizer_state_dict']
 
-# BEiTViT settings that make the plain ViT of unilm's VQ-KD (spec 3b "Encoder").
+# BEiTViT settings that make the plain ViT of unilm's VQ-KD (unilm modeling_vqkd.py "Encoder").
 _PLAIN_VIT = dict(use_abs_pos_emb=True, rel_pos_bias=None, layer_scale_init_value=0.,
                   qv_bias=True, out_type='featmap', final_norm=True)
 _IGNORED_PREFIXES = ('teacher.', 'loss', 'scaling')  # teacher keys of a teacher-less model

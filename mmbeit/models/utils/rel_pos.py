@@ -1,15 +1,17 @@
 """Relative position bias and position-embedding resizing for BEiT / BEiT v2.
 
-Implements the BEiT relative position bias (spec section 1.4, BEiT paper arXiv 2106.08254
-section 2.6) and the resolution changes of spec section 1.8:
+Implements the BEiT relative position bias (unilm modeling_finetune.py, BEiT paper arXiv 2106.08254
+section 2.6) and the resolution changes of unilm run_class_finetuning.py:
 
 - :func:`build_relative_position_index`: the (N+1)x(N+1) index matrix ``R`` for any
   (possibly non-square) Wh x Ww patch grid, with the three cls entries.
 - :class:`RelativePositionBias`: a table [(2Wh-1)(2Ww-1)+3, nH] (zeros init) plus the
   non-persistent index buffer; ``forward()`` gathers the bias [nH, N+1, N+1].
-- :func:`resize_rel_pos_table`: the geometric-progression bicubic resize of spec 1.8(a),
+- :func:`resize_rel_pos_table`: the geometric-progression bicubic resize of
+  unilm run_class_finetuning.py,
   generalised to rectangular grids (one ratio q per axis).
-- :func:`resize_pos_embed`: bicubic resize of an absolute position embedding (spec 1.8(c)).
+- :func:`resize_pos_embed`: bicubic resize of an absolute position embedding
+  (unilm run_class_finetuning.py).
 """
 import math
 from typing import Sequence, Tuple, Union
@@ -66,7 +68,7 @@ def grid_from_table_len(table_len: int, like: GridT = None) -> Tuple[int, int]:
 
 def build_relative_position_index(window_size: GridT,
                                   table_window: GridT = None) -> torch.Tensor:
-    """Index matrix R [(N+1), (N+1)] of spec 1.4 for a Wh x Ww grid (N = Wh*Ww).
+    """Index matrix R [(N+1), (N+1)] of unilm modeling_finetune.py for a Wh x Ww grid (N = Wh*Ww).
 
     Rows are queries, columns keys, token 0 is cls, patch (y, x) is token 1 + y*Ww + x.
     Patch-patch entries are (yq-yk+Th-1)*(2Tw-1) + (xq-xk+Tw-1); then row 0 <- T-3,
@@ -102,7 +104,7 @@ def gather_rel_pos_bias(table: torch.Tensor, index: torch.Tensor) -> torch.Tenso
 
 
 class RelativePositionBias(nn.Module):
-    """Relative position bias shared by all blocks (key ``rel_pos_bias.*``, spec 1.4).
+    """Relative position bias shared by all blocks (key ``rel_pos_bias.*``).
 
     Args:
         window_size (int | tuple[int, int]): patch grid (Wh, Ww).
@@ -130,7 +132,7 @@ class RelativePositionBias(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------
-# Geometric-progression resize (spec 1.8(a))
+# Geometric-progression resize (unilm run_class_finetuning.py)
 # ----------------------------------------------------------------------------------------
 def _geo_sum(q: float, n: int) -> float:
     """1 + q + ... + q^(n-1), with the closed form the reference code uses."""
@@ -267,7 +269,7 @@ def resize_rel_pos_table(table: torch.Tensor, src_grid: GridT,
 
 def resize_pos_embed(pos_embed: torch.Tensor, src_grid: GridT, dst_grid: GridT,
                      num_extra_tokens: int = 1) -> torch.Tensor:
-    """Bicubic (align_corners=False) resize of an absolute position embedding (spec 1.8(c)).
+    """Bicubic (align_corners=False) resize of an absolute position embedding.
 
     ``pos_embed`` [1, extra + Hs*Ws, D] -> [1, extra + Hd*Wd, D]; the leading
     ``num_extra_tokens`` entries (the cls token) are kept as they are.
