@@ -38,7 +38,8 @@ from mmengine.dataset import DefaultSampler
 
 from mmbeit.registry import DATA_SAMPLERS, DATASETS
 
-__all__ = ['SeededSampler', 'SeededDataset', 'derive_seed', 'derive_seeds', 'seed_global_rngs']
+__all__ = ['SeededSampler', 'SeededDataset', 'derive_seed', 'derive_seeds', 'seed_global_rngs',
+           'get_global_rng_state', 'set_global_rng_state']
 
 _MASK64 = (1 << 64) - 1
 
@@ -72,6 +73,19 @@ def seed_global_rngs(seed: int, cuda: bool = False) -> None:
         torch.default_generator.manual_seed(seed)
     np.random.seed([seed & 0xFFFFFFFF, seed >> 32])
     random.seed(seed)
+
+
+def get_global_rng_state() -> tuple:
+    """The state of the RNGs :func:`seed_global_rngs` seeds (torch CPU, numpy, random)."""
+    return torch.default_generator.get_state(), np.random.get_state(), random.getstate()
+
+
+def set_global_rng_state(state: tuple) -> None:
+    """Put back a state taken by :func:`get_global_rng_state`."""
+    torch_state, np_state, py_state = state
+    torch.default_generator.set_state(torch_state)
+    np.random.set_state(np_state)
+    random.setstate(py_state)
 
 
 @DATA_SAMPLERS.register_module()
@@ -145,16 +159,12 @@ class SeededDataset:
                 f'SeededDataset is indexed by the (index, seed) pairs of SeededSampler, got '
                 f"{key!r}: set train_dataloader.sampler = dict(type='mmbeit.SeededSampler')")
         index, seed = key
-        torch_state = torch.default_generator.get_state()
-        np_state = np.random.get_state()
-        py_state = random.getstate()
+        state = get_global_rng_state()
         try:
             seed_global_rngs(seed)
             return self.dataset[index]
         finally:
-            torch.default_generator.set_state(torch_state)
-            np.random.set_state(np_state)
-            random.setstate(py_state)
+            set_global_rng_state(state)
 
     def __repr__(self) -> str:
         return f'{type(self).__name__}(dataset={type(self.dataset).__name__}, len={len(self)})'

@@ -14,14 +14,16 @@ in the training process. Host-side calls only; no device synchronisation.
 It also hands a resumed run's seed to :class:`~mmbeit.datasets.SeededSampler`, which was
 built before the checkpoint was read.
 """
-import random
-
-import numpy as np
-import torch
 from mmengine.dist import get_rank
 from mmengine.hooks import Hook
 
-from mmbeit.datasets.seeding import SeededSampler, derive_seed, seed_global_rngs
+from mmbeit.datasets.seeding import (
+    SeededSampler,
+    derive_seed,
+    get_global_rng_state,
+    seed_global_rngs,
+    set_global_rng_state,
+)
 from mmbeit.registry import HOOKS
 
 __all__ = ['IterationSeedHook']
@@ -55,15 +57,11 @@ class IterationSeedHook(Hook):
         # this process (num_workers=0, datasets without SeededDataset) draws what it
         # would draw without the hook, and the dataloader replay of a resumed
         # iteration-based run meets the same stream as the uninterrupted run
-        self._saved = (torch.default_generator.get_state(), np.random.get_state(),
-                       random.getstate())
+        self._saved = get_global_rng_state()
         seed_global_rngs(derive_seed(runner.seed, runner.iter, self._rank), cuda=True)
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None,
                          outputs=None) -> None:
         if self._saved is not None:
-            torch_state, np_state, py_state = self._saved
-            torch.default_generator.set_state(torch_state)
-            np.random.set_state(np_state)
-            random.setstate(py_state)
+            set_global_rng_state(self._saved)
             self._saved = None
