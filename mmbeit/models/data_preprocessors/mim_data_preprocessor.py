@@ -82,7 +82,8 @@ class MIMDataPreprocessor(BaseDataPreprocessor):
             counts = mask.sum(1)
             if bool((counts == counts[0]).all()):
                 num_masked = int(counts[0])
-        img, target, mask = (self._move(v) for v in (img, target, mask))
+        img, target, mask = (v.to(self.device, non_blocking=self._non_blocking)
+                             for v in (img, target, mask))
         b, _, h, w = img.shape
         if h % self.patch_size or w % self.patch_size:
             raise ValueError(f'view size {h}x{w} is not a multiple of patch_size '
@@ -96,7 +97,3 @@ class MIMDataPreprocessor(BaseDataPreprocessor):
         target = target.float() / 255.  # [B, 3, h, w] in [0, 1]
         return dict(inputs=img, target_inputs=target, mask=mask, num_masked=num_masked,
                     data_samples=data.get('data_samples'))
-
-    def _move(self, value) -> torch.Tensor:
-        value = value if torch.is_tensor(value) else torch.stack(list(value))
-        return value.to(self.device, non_blocking=self._non_blocking)
