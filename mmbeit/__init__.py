@@ -1,7 +1,9 @@
-"""mmbeit: the BEiT family (BEiT, BEiT v2, VQ-KD) for the OpenMMLab stack."""
-# Importing mmbeit makes every checkpoint load weights-only, our runners' included
-# (see mmbeit/engine/checkpoint.py).
-from .engine import checkpoint as _checkpoint  # noqa: E402,F401,I001
+"""mmbeit: the BEiT family (BEiT, BEiT v2, VQ-KD) for the OpenMMLab stack.
+
+Importing mmbeit changes nothing in the process: its registries fill when a config with
+``default_scope='mmbeit'`` is built, and checkpoint files are read through
+:mod:`mmbeit.checkpoint` by mmbeit's own tools, Runner and APIs only.
+"""
 from .version import __version__
 
 __all__ = ['__version__']

@@ -1,7 +1,8 @@
 """Prepare a config and the process for MMEngine's Runner on any machine.
 
-``tools/train.py`` and ``tools/test.py`` call :func:`prepare_runtime` between parsing and
-``Runner.from_cfg``. It fixes what stock mmengine 0.10.7 cannot do on its own:
+``tools/train.py`` and ``tools/test.py`` call :func:`run`, which calls :func:`prepare_runtime`
+and builds a :class:`~mmbeit.engine.runner.BEiTRunner` (mmengine's Runner, reading
+checkpoints weights-only and strictly). It fixes what stock mmengine 0.10.7 cannot do on its own:
 
 * **Multi-process on CPU.** mmengine's ``init_dist`` calls ``torch.cuda.set_device``
   unconditionally and DDP is built with ``device_ids=[local_rank]``. On a machine
@@ -183,7 +184,7 @@ def run(cfg: Config, method: str, scale_lr_off_by: Optional[str] = None) -> None
     For ``method='train'`` the lr is first scaled to the total batch
     (:func:`mmbeit.engine.lr_scaling.scale_lr_in_config`; ``scale_lr_off_by`` names the
     flag that turned that off) and rank 0 logs the total batch and lr before training."""
-    from mmengine.runner import Runner
+    from mmbeit.engine.runner import BEiTRunner
     launcher = cfg.get('launcher', 'none')
     prepare_runtime(cfg, launcher)
     try:
@@ -193,7 +194,7 @@ def run(cfg: Config, method: str, scale_lr_off_by: Optional[str] = None) -> None
             if cfg.get('resume'):
                 line += ('; resuming: the lr schedule continues from the checkpoint\'s '
                          'optimizer and scheduler states')
-        runner = Runner.from_cfg(cfg)
+        runner = BEiTRunner.from_cfg(cfg)
         if line is not None and runner.rank == 0:
             print_log(line, logger='current')
         getattr(runner, method)()
