@@ -2,7 +2,7 @@
 the config's default scope, its optimiser wrapper on that model, and the data pipeline
 of each of its dataloaders. Run in a fresh process, as tools/train.py would, with weights
 that cannot exist here switched off (building a model reads no checkpoint; the
-transfer configs' init_cfg is only read by init_weights, tested in test_transfer.py)."""
+transfer configs' init_cfg is read by init_weights only: tests/test_transfer_configs.py)."""
 import json
 import sys
 
