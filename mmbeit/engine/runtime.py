@@ -140,8 +140,8 @@ def add_config_args(parser, example: str) -> None:
     """The flags every tool shares: --cfg-options, --launcher (and torchrun's --local-rank)."""
     import argparse
 
-    from mmengine.config import DictAction
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+    from mmbeit.engine.config_checks import CfgOptionsAction
+    parser.add_argument('--cfg-options', nargs='+', action=CfgOptionsAction,
                         help=f'override config entries, e.g. {example}')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none',
                         help='job launcher')
