@@ -1,10 +1,21 @@
 """Helpers shared by the tests (on pytest's pythonpath, see pyproject.toml)."""
 import os
 import os.path as osp
+import socket
 import subprocess
 import sys
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that the OS reports free (bind to port 0). It is released
+    before the caller uses it, so another process could take it in between, but unlike a
+    random pick it is never one that is already in use."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
 
 def run_tool(args, cwd=ROOT, env=None, timeout=600, check=True):
     """Run ``python ARGS`` (or a shell script when ARGS[0] ends in .sh) from the repo root."""

@@ -6,7 +6,6 @@ Expected values are worked out by hand or by straightforward re-implementations 
 here (loops over codes), never by calling the code under test."""
 import math
 import os
-import socket
 import subprocess
 import sys
 
@@ -14,7 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from _helpers import ROOT
+from _helpers import ROOT, free_port
 
 from mmbeit.models.tokenizers import quantizer as quantizer_mod
 from mmbeit.models.tokenizers.quantizer import (
@@ -461,12 +460,6 @@ torch.save(res, f'{out}/rank{rank}.pt')
 dist.barrier()
 dist.destroy_process_group()
 '''
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def test_two_ranks_share_statistics(tmp_path):

@@ -7,11 +7,10 @@ optimizer really had)."""
 import glob
 import json
 import os
-import socket
 import subprocess
 
 import pytest
-from _helpers import ROOT, run_tool, tool_main
+from _helpers import ROOT, free_port, run_tool, tool_main
 from mmengine.config import Config
 
 DEMO_CFG = f'{ROOT}/configs/demo/beit_vit-tiny-p8_scratch-30e_demo-64.py'
@@ -41,12 +40,6 @@ log_processor = dict(by_epoch=False)
     path = tmp_path / 'cfg.py'
     path.write_text(text)
     return path
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def lr_line(work):

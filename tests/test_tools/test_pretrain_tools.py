@@ -2,10 +2,8 @@
 ``tools/train.py configs/beitv2/beitv2_vit-base_300e.py`` and the same through
 ``tools/dist_train.sh`` with 2 gloo ranks, pointed at the generated demo data for one
 iteration each (the tokenizer keeps random weights and the log says so)."""
-import random
-
 import torch
-from _helpers import ROOT, run_tool
+from _helpers import ROOT, free_port, run_tool
 
 import mmbeit  # noqa: F401  (allow-lists the runner's HistoryBuffer for weights-only loads)
 
@@ -40,7 +38,7 @@ def test_base_config_on_two_cpu_ranks(tmp_path, demo_data):
     work = tmp_path / 'work'
     res = run_tool(['tools/dist_train.sh', CFG, '2', '--work-dir', work,
                     *options(demo_data, batch=1)],
-                   env={'PORT': str(random.randint(20000, 40000))}, timeout=900)
+                   env={'PORT': str(free_port())}, timeout=900)
     log = res.stdout + res.stderr
     assert 'loss_1:' in log and 'MMDistributedDataParallel' in log
     assert (work / 'epoch_1.pth').exists()

@@ -2,10 +2,9 @@
 ``tools/dist_train.sh`` train on different masks, which are exactly the masks the same
 seed gives in one process; and a run interrupted and resumed ends with bit-identical
 weights to the uninterrupted run (crops, flips, jitter, masks and drop path replayed)."""
-import socket
 
 import torch
-from _helpers import ROOT, run_tool
+from _helpers import ROOT, free_port, run_tool
 
 import mmbeit  # noqa: F401  (allow-lists the runner's HistoryBuffer for weights-only loads)
 
@@ -35,12 +34,6 @@ class DumpInputsHook(Hook):
     def after_train(self, runner):
         torch.save(self.seen, f'{self.out}/inputs_rank{runner.rank}.pt')
 '''
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def write_config(tmp_path, data, workers=2, batch=4, images=16, extra=''):
