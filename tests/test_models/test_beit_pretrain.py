@@ -98,9 +98,42 @@ def test_v2_loss_equals_hand_assembled_computation():
     torch.testing.assert_close(out['acc_1'], a1)
     torch.testing.assert_close(out['acc_2'], a2)
     assert not torch.allclose(l1, l2)
-    # the CE is over masked positions only: changing an unmasked patch's target changes
-    # nothing, because targets are taken at mask positions
-    assert labels.numel() == int(d['mask'].sum())
+
+
+@pytest.mark.parametrize('v2', [True, False], ids=['v2', 'v1'])
+@pytest.mark.parametrize('counted', [True, False], ids=['num_masked', 'boolean_index'])
+def test_loss_reads_targets_at_masked_positions_only(v2, counted):
+    """The CE is over masked patches only: any token at an unmasked patch leaves every
+    output bit for bit as it was, while one changed token at a masked patch changes the
+    loss (both ways of gathering the masked positions)."""
+    model = build(v2=v2)
+    d = model.data_preprocessor(batch(), True)
+    if not counted:
+        d['num_masked'] = None
+    mask = d['mask']
+    assert 0 < int(mask.sum()) < mask.numel()
+    tokens = model.targets(d['target_inputs'])
+    vocab = model.head.vocab_size
+
+    def loss_with(t):
+        model.targets = lambda _: t  # the tokenizer's output replaced by these tokens
+        try:
+            return model(**d, mode='loss')
+        finally:
+            del model.targets
+
+    ref = loss_with(tokens)
+    unmasked_changed = torch.where(mask, tokens, (tokens + 1 + tokens.flip(0)) % vocab)
+    assert (unmasked_changed != tokens)[~mask].any()
+    out = loss_with(unmasked_changed)
+    for key in ref:
+        assert torch.equal(out[key], ref[key]), key
+    b, n = mask.nonzero()[0].tolist()  # one masked patch
+    one_masked_changed = tokens.clone()
+    one_masked_changed[b, n] = (tokens[b, n] + 1) % vocab
+    out = loss_with(one_masked_changed)
+    main = 'loss_1' if v2 else 'loss'
+    assert not torch.equal(out[main], ref[main])
 
 
 def test_v1_loss_and_gradients():
