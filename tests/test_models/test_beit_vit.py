@@ -326,7 +326,13 @@ def test_load_shared_into_per_layer():
     state['fc_norm.weight'], state['fc_norm.bias'] = torch.ones(32), torch.zeros(32)
     adapted = model.adapt_state_dict(state)
     assert 'rel_pos_bias.relative_position_bias_table' in state  # input untouched
-    assert not any(k.startswith(('mask_token', 'norm.', 'rel_pos_bias')) for k in adapted)
+    assert not any(k.startswith('rel_pos_bias') for k in adapted)
+    # A strict load keeps what the model lacks as unexpected: only load_pretrained drops a
+    # pretraining file's mask token and final norm.
+    assert {'mask_token', 'norm.weight', 'norm.bias'} <= set(adapted)
+    with pytest.raises(RuntimeError, match='Unexpected key.*"mask_token", "norm.weight"'):
+        model.load_state_dict(state, strict=True)
+    state = {k: v for k, v in state.items() if not k.startswith(('mask_token', 'norm.'))}
     model.load_state_dict(state, strict=True)
     for blk in model.blocks:
         assert torch.equal(blk.attn.relative_position_bias_table.data,
@@ -391,8 +397,10 @@ def test_registry_build():
 
 
 def test_load_into_mmpretrain_classifier():
-    """224-style pretraining checkpoint (shared table, mask token, norm) into an mmpretrain
-    ImageClassifier at another size, with the ``backbone.`` prefix, strict."""
+    """A classifier checkpoint with a shared table at another size into an mmpretrain
+    ImageClassifier, with the ``backbone.`` prefix, strict (the table is expanded and
+    resized by the load hook; a pretraining file's mask token and final norm would be
+    unexpected here: those go through init_cfg's Pretrained)."""
     pytest.importorskip('mmpretrain')
     from mmengine.runner.checkpoint import load_state_dict as mm_load
     from mmpretrain.registry import MODELS as MP_MODELS
@@ -401,7 +409,8 @@ def test_load_into_mmpretrain_classifier():
         backbone=dict(type='mmbeit.BEiTViT', arch=TINY, img_size=48, patch_size=8),
         head=dict(type='LinearClsHead', num_classes=5, in_channels=32)))
     assert isinstance(clf.backbone, BEiTViT)
-    state = {f'backbone.{k}': v for k, v in pretrain_state().items()}
+    state = {f'backbone.{k}': v for k, v in pretrain_state().items()
+             if not k.startswith(('mask_token', 'norm.'))}
     state.update({'backbone.fc_norm.weight': torch.ones(32), 'backbone.fc_norm.bias':
                   torch.zeros(32), 'head.fc.weight': torch.zeros(5, 32),
                   'head.fc.bias': torch.zeros(5)})

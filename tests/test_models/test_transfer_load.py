@@ -1,15 +1,13 @@
 """Transfer from a pretraining checkpoint into downstream backbones (issue 6):
 ``BEiTViT.load_pretrained`` through ``init_cfg=dict(type='Pretrained')``, the
 linear-probe outputs, and inputs on a patch grid smaller than the model's."""
-import logging
 import re
 
 import pytest
 import torch
 from _helpers import TINY, randomize_, tiny
-from mmengine.logging import MMLogger
 
-from mmbeit.models.backbones.beit_vit import PretrainedMismatchError
+from mmbeit.checkpoint import CheckpointMismatchError as PretrainedMismatchError
 from mmbeit.models.utils.rel_pos import build_relative_position_index, rel_pos_table_len
 
 pytestmark = pytest.mark.usefixtures('one_thread')
@@ -38,26 +36,7 @@ def init_from(path, prefix='backbone.', **kwargs):
     return model
 
 
-class _Collect(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.lines = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-
-@pytest.fixture
-def load_log():
-    """What the load path logs (mmengine's current logger), as one string."""
-    logger = MMLogger.get_current_instance()
-    handler = _Collect()
-    logger.addHandler(handler)
-    yield lambda: '\n'.join(handler.lines)
-    logger.removeHandler(handler)
-
-
-def test_finetune_backbone_gets_every_pretrained_tensor(tmp_path, load_log):
+def test_finetune_backbone_gets_every_pretrained_tensor(tmp_path):
     src = pretrain_backbone()
     sd = save_pretrain_ckpt(tmp_path / 'pt.pth', src)
     model = init_from(tmp_path / 'pt.pth')  # per-layer tables, mean pooling
@@ -73,11 +52,13 @@ def test_finetune_backbone_gets_every_pretrained_tensor(tmp_path, load_log):
     assert torch.equal(got['fc_norm.weight'], torch.ones(32))
     assert torch.equal(got['fc_norm.bias'], torch.zeros(32))
     assert model.is_init
-    text = load_log()
-    assert 'expanded the shared backbone.rel_pos_bias' not in text  # prefix is stripped
-    assert 'expanded the shared rel_pos_bias.relative_position_bias_table into 2' in text
-    assert 'dropped mask_token' in text and 'dropped norm.*' in text
-    assert 'left at their init: fc_norm.weight, fc_norm.bias' in text
+    report = model.pretrained_report
+    # keys are named without the prefix; every tensor of the model is accounted for once
+    assert [k for k, _ in report.adapted] == ['rel_pos_bias.relative_position_bias_table']
+    assert [k for k, _ in report.dropped] == ['mask_token', 'norm.*']
+    assert [k for k, _ in report.fresh] == ['fc_norm.weight', 'fc_norm.bias']
+    assert sorted(report.loaded + ['fc_norm.weight', 'fc_norm.bias']) == sorted(got)
+    assert report.ok
 
 
 def test_linear_probe_backbone_keeps_the_pretrained_final_norm(tmp_path):
@@ -96,6 +77,27 @@ def test_linear_probe_backbone_keeps_the_pretrained_final_norm(tmp_path):
     torch.testing.assert_close(model(x)[0], expect, rtol=1e-5, atol=1e-5)
 
 
+def test_a_frozen_probe_refuses_a_file_without_its_norm_unless_the_config_allows_it(tmp_path):
+    """A parameter that will not train must come from the file: a frozen linear probe's
+    final norm left at (1, 0) would silently probe different features."""
+    src = pretrain_backbone()
+    sd = save_pretrain_ckpt(tmp_path / 'pt.pth', src)
+    no_norm = {k: v for k, v in sd.items() if not k.startswith('backbone.norm.')}
+    torch.save({'state_dict': no_norm}, tmp_path / 'no_norm.pth')
+    probe = dict(final_norm=True, out_type='cls_token', frozen_stages=2)
+    with pytest.raises(PretrainedMismatchError,
+                       match=r"no_norm\.pth.*\n  2 missing .*\[norm\.weight, norm\.bias\]"
+                             r"(.|\n)*allow_fresh"):
+        init_from(tmp_path / 'no_norm.pth', **probe)
+    model = tiny(init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'no_norm.pth'),
+                               prefix='backbone.', allow_fresh=['norm.']), **probe)
+    model.init_weights()
+    assert [k for k, _ in model.pretrained_report.fresh] == ['norm.weight', 'norm.bias']
+    # the same file into a probe whose norm trains is fine without allow_fresh
+    trained = init_from(tmp_path / 'no_norm.pth', final_norm=True, out_type='cls_token')
+    assert [k for k, _ in trained.pretrained_report.fresh] == ['norm.weight', 'norm.bias']
+
+
 def test_cls_and_avg_is_the_raw_intermediate_cls_and_mean_patch_token():
     model = randomize_(tiny(arch=dict(TINY, num_layers=3), out_indices=[1],
                             out_type='cls_and_avg')).eval()
@@ -107,7 +109,7 @@ def test_cls_and_avg_is_the_raw_intermediate_cls_and_mean_patch_token():
     torch.testing.assert_close(out[:, 32:], states[:, 1:].mean(dim=1))
 
 
-def test_segmentation_backbone_at_a_larger_grid_gets_resized_tables(tmp_path, load_log):
+def test_segmentation_backbone_at_a_larger_grid_gets_resized_tables(tmp_path):
     src = pretrain_backbone()
     sd = save_pretrain_ckpt(tmp_path / 'pt.pth', src)
     model = init_from(tmp_path / 'pt.pth', img_size=64, out_indices=[0, 1],
@@ -122,10 +124,11 @@ def test_segmentation_backbone_at_a_larger_grid_gets_resized_tables(tmp_path, lo
     assert torch.equal(model.blocks[1].mlp.fc2.weight, sd['backbone.blocks.1.mlp.fc2.weight'])
     outs = model(torch.randn(1, 3, 64, 64))
     assert [tuple(o.shape) for o in outs] == [(1, 32, 8, 8)] * 2
-    assert 'from grid (4, 4) to (8, 8)' in load_log()
+    adapted = dict(model.pretrained_report.adapted)
+    assert adapted['2 relative position table(s)'].startswith('resized from grid (4, 4) to (8, 8)')
 
 
-def test_classifier_checkpoint_into_a_segmentation_backbone(tmp_path, load_log):
+def test_classifier_checkpoint_into_a_segmentation_backbone(tmp_path):
     """BEiT's ADE20K recipe can start from an ImageNet fine-tuned classifier: its
     mean-pooling backbone has fc_norm, which a featmap backbone does not build. It is
     dropped and logged; every other tensor loads."""
@@ -138,14 +141,14 @@ def test_classifier_checkpoint_into_a_segmentation_backbone(tmp_path, load_log):
     assert seg.fc_norm is None
     for k, v in seg.state_dict().items():
         assert torch.equal(v, sd[f'backbone.{k}']), k
-    assert "dropped the classifier pooling norm fc_norm (this backbone has none: " \
-           "out_type='featmap')" in load_log()
+    assert [k for k, _ in seg.pretrained_report.dropped] == ['fc_norm.*']
+    assert seg.pretrained_report.fresh == []
     # a backbone that pools keeps it
     again = init_from(tmp_path / 'clf.pth', out_type='avg_featmap')
     assert torch.equal(again.fc_norm.weight, sd['backbone.fc_norm.weight'])
 
 
-def test_bare_official_layout_loads_and_drops_the_named_non_backbone_parts(tmp_path, load_log):
+def test_bare_official_layout_loads_and_drops_the_named_non_backbone_parts(tmp_path):
     src = pretrain_backbone()
     sd = dict(src.state_dict())
     sd['rel_pos_bias.relative_position_index'] = build_relative_position_index((4, 4))
@@ -154,22 +157,24 @@ def test_bare_official_layout_loads_and_drops_the_named_non_backbone_parts(tmp_p
     torch.save({'model': sd}, tmp_path / 'official.pth')
     model = init_from(tmp_path / 'official.pth')
     assert torch.equal(model.blocks[0].attn.qkv.weight, sd['blocks.0.attn.qkv.weight'])
-    text = load_log()
-    assert "no key starts with 'backbone.': read as a bare backbone" in text
-    assert 'dropped 2 non-backbone tensors (cls_pt_layers, lm_head)' in text
+    report = model.pretrained_report
+    assert 'a bare backbone' in report.source
+    assert [k for k, _ in report.dropped] == [
+        'lm_head.* (1)', 'cls_pt_layers.* (1)', 'mask_token', 'norm.*',
+        '*relative_position_index (1)']
 
 
 def test_a_checkpoint_that_does_not_fit_is_refused_with_the_file_and_keys(tmp_path):
     src = randomize_(tiny(rel_pos_bias='shared', layer_scale_init_value=0.))  # no gammas
     save_pretrain_ckpt(tmp_path / 'nogamma.pth', src)
     with pytest.raises(PretrainedMismatchError,
-                       match=re.escape(str(tmp_path / 'nogamma.pth')) + r".*layer scale on\): "
-                       r"missing \[blocks\.0\.gamma_1, blocks\.0\.gamma_2"):
+                       match=re.escape(str(tmp_path / 'nogamma.pth')) + r".*layer scale on\)"
+                       r":\n  4 missing .*\[blocks\.0\.gamma_1, blocks\.0\.gamma_2"):
         init_from(tmp_path / 'nogamma.pth')
     save_pretrain_ckpt(tmp_path / 'extra.pth', pretrain_backbone(),
                        {'backbone.blocks.9.attn.proj.weight': torch.zeros(32, 32)})
     with pytest.raises(PretrainedMismatchError,
-                       match=r'unexpected \[blocks\.9\.attn\.proj\.weight\]'):
+                       match=r'1 unexpected .*\[blocks\.9\.attn\.proj\.weight\]'):
         init_from(tmp_path / 'extra.pth')
     torch.save({'state_dict': {'encoder.w': torch.zeros(2)}}, tmp_path / 'other.pth')
     with pytest.raises(PretrainedMismatchError,

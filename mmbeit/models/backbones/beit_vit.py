@@ -18,7 +18,17 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from mmengine.logging import print_log
 from mmengine.model import BaseModule, initialize
+from mmengine.utils import to_2tuple
 
+from mmbeit.checkpoint import (
+    CheckpointMismatchError,
+    LoadReport,
+    load_state_dict_checked,
+    note_adapted,
+    note_dropped,
+    read_state_dict,
+    take_prefix,
+)
 from mmbeit.registry import MODELS
 
 from ..utils.rel_pos import (
@@ -29,10 +39,9 @@ from ..utils.rel_pos import (
     rel_pos_table_len,
     resize_pos_embed,
     resize_rel_pos_table,
-    to_2tuple,
 )
 
-__all__ = ['PretrainedMismatchError', 'DropPath', 'BEiTAttention', 'BEiTMlp', 'BEiTBlock',
+__all__ = ['DropPath', 'BEiTAttention', 'BEiTMlp', 'BEiTBlock',
            'BEiTViT', 'beit_init_weights_', 'adapt_beit_state_dict_']
 
 
@@ -53,7 +62,12 @@ def beit_init_weights_(module: nn.Module, std: float = 0.02) -> None:
 
 
 class DropPath(nn.Module):
-    """Stochastic depth: drop a residual branch per sample with probability ``drop_prob``."""
+    """Stochastic depth: drop a residual branch per sample with probability ``drop_prob``.
+
+    Not mmcv's ``DropPath``: that one draws ``floor(keep + rand)`` in the input's dtype, so
+    under bf16 autocast the keep rate is off (0.8985 for keep 0.9, measured on 4M draws)
+    and ``drop_prob=1`` divides by zero; ``bernoulli_`` keeps the exact rate in any dtype.
+    """
 
     def __init__(self, drop_prob: float = 0.):
         super().__init__()
@@ -217,7 +231,11 @@ class BEiTBlock(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    """Conv2d(in, D, k=p, s=p) patch embedding (key ``patch_embed.proj``)."""
+    """Conv2d(in, D, k=p, s=p) patch embedding (key ``patch_embed.proj``).
+
+    Not mmcv's ``PatchEmbed``, whose conv is ``projection``: the ``proj`` name is the
+    unilm / timm key layout every converter and official checkpoint uses.
+    """
 
     def __init__(self, in_channels: int, embed_dims: int, patch_size: int):
         super().__init__()
@@ -289,6 +307,11 @@ class BEiTViT(BaseModule):
             raise ValueError(f'out_type must be one of {self.out_types}, got {out_type!r}')
         if out_type == 'cls_token' and not final_norm:
             raise ValueError("out_type='cls_token' needs final_norm=True")
+        for name, rate in (('drop_rate', drop_rate), ('attn_drop_rate', attn_drop_rate),
+                           ('drop_path_rate', drop_path_rate)):
+            if not 0 <= rate < 1:
+                raise ValueError(f'BEiTViT {name} must lie in [0, 1), got {rate} (it is a '
+                                 f'probability; 0 turns it off)')
         self.img_size = to_2tuple(img_size)
         self.patch_size = patch_size
         self.patch_resolution = (self.img_size[0] // patch_size, self.img_size[1] // patch_size)
@@ -349,13 +372,15 @@ class BEiTViT(BaseModule):
             if others:
                 initialize(self, others)
             cfg = pretrained[0]
-            unknown = set(cfg) - {'type', 'checkpoint', 'prefix', 'map_location'}
+            unknown = set(cfg) - {'type', 'checkpoint', 'prefix', 'map_location', 'allow_fresh'}
             if unknown or not cfg.get('checkpoint'):
                 raise ValueError(
-                    "BEiTViT init_cfg Pretrained takes checkpoint (required), prefix and "
-                    f"map_location; got {dict(cfg)}")
-            self.load_pretrained(cfg['checkpoint'], cfg.get('prefix', ''),
-                                 cfg.get('map_location', 'cpu'))
+                    "BEiTViT init_cfg Pretrained takes checkpoint (required), prefix, "
+                    f"map_location and allow_fresh; got {dict(cfg)}")
+            #: What the Pretrained load did (a LoadReport: loaded, adapted, dropped, fresh).
+            self.pretrained_report = self.load_pretrained(
+                cfg['checkpoint'], cfg.get('prefix', ''), cfg.get('map_location', 'cpu'),
+                cfg.get('allow_fresh', ()))
             self._is_init = True
             return
         beit_init_weights_(self)
@@ -539,92 +564,107 @@ class BEiTViT(BaseModule):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
                                       missing_keys, unexpected_keys, error_msgs)
 
-    def load_pretrained(self, checkpoint: str, prefix: str = '',
-                        map_location='cpu') -> None:
+    #: What a pretrained checkpoint may lack, and why it may then stay at its init; each
+    #: only while it trains (a frozen linear probe's norm must come from the file).
+    PRETRAINED_MAY_LACK = {
+        'fc_norm.': 'pooling norm of a fine-tuned model, trains from its init',
+        'norm.': 'final norm, trains from its init',
+        'mask_token': 'pretraining mask token, trains from its init',
+    }
+
+    def pretrained_fresh_ok(self, allow_fresh: Sequence[str] = ()) -> Dict[str, str]:
+        """The keys a ``Pretrained`` checkpoint may lack (see :attr:`PRETRAINED_MAY_LACK`):
+        those of parameters that train, plus the config's ``allow_fresh`` patterns."""
+        params = dict(self.named_parameters())
+        out = {}
+        for pattern, why in self.PRETRAINED_MAY_LACK.items():
+            names = [n for n in params if n == pattern or
+                     (pattern.endswith('.') and n.startswith(pattern))]
+            if names and all(params[n].requires_grad for n in names):
+                out[pattern] = why
+        for pattern in allow_fresh:
+            out[pattern] = "named in init_cfg's allow_fresh"
+        return out
+
+    def load_pretrained(self, checkpoint: str, prefix: str = '', map_location='cpu',
+                        allow_fresh: Sequence[str] = ()) -> LoadReport:
         """Load backbone weights from ``checkpoint`` and check that they fit.
 
         Accepted: any mmbeit checkpoint (pretraining, classifier, segmentor; keys under
         ``prefix``, typically ``'backbone.'``), or a bare backbone state dict in the
-        unilm / timm layout (official releases; containers ``state_dict`` / ``model`` /
-        ``module``), used as is when no key carries the prefix. The load path then
-        expands, resizes and drops what it must (see :func:`adapt_beit_state_dict_`).
-        In a bare file the parts that are not the backbone (``lm_head``, v2
-        ``cls_pt_layers``, a classifier ``head``) are dropped; so is, in any file, an
-        ``fc_norm`` this model lacks (a classifier checkpoint loaded into a segmentation
-        backbone); each drop is named in the log. Only ``fc_norm``, ``norm`` and ``mask_token`` may
-        stay fresh; any other missing or unexpected key raises
-        :class:`PretrainedMismatchError` naming the file and the keys.
-        """
-        from mmengine.runner.checkpoint import CheckpointLoader
+        unilm / timm layout (official releases), used as is when no key carries the
+        prefix. The load path then expands, resizes and drops what it must (see
+        :func:`adapt_beit_state_dict_`). In a bare file the parts that are not the backbone
+        (``lm_head``, v2 ``cls_pt_layers``, a classifier ``head``) are dropped; so is, in
+        any file, an ``fc_norm`` this model lacks (a classifier checkpoint loaded into a
+        segmentation backbone).
 
-        from mmbeit.converters import ConversionError, unwrap_checkpoint
-        ckpt = CheckpointLoader.load_checkpoint(checkpoint, map_location=map_location)
-        try:
-            sd = unwrap_checkpoint(ckpt)[0]
-        except ConversionError as exc:
-            raise PretrainedMismatchError(f'{checkpoint}: {exc}') from exc
-        if not sd:
-            raise PretrainedMismatchError(f'{checkpoint}: no state dict found in the file')
-        notes = []
-        picked = OrderedDict((k[len(prefix):], v) for k, v in sd.items()
-                             if k.startswith(prefix))
+        What may stay fresh is declared by :meth:`pretrained_fresh_ok`: the pooling norm,
+        final norm and mask token while they train, and the patterns of ``allow_fresh``
+        (``init_cfg=dict(type='Pretrained', ..., allow_fresh=['norm.'])``). Anything else
+        missing, unexpected or of another shape raises
+        :class:`~mmbeit.checkpoint.CheckpointMismatchError` naming the file and the keys.
+        One table of what was loaded, adapted, dropped and left fresh is logged.
+        """
+        state_dict = read_state_dict(checkpoint, map_location=map_location)
+        source = f'{checkpoint!r} (prefix {prefix!r})'
+        picked = take_prefix(state_dict, prefix) if prefix else OrderedDict(state_dict)
+        dropped = []
         if not picked:
-            if 'patch_embed.proj.weight' not in sd:
-                raise PretrainedMismatchError(
-                    f'{checkpoint}: no key starts with {prefix!r} and the file is not a '
-                    f'bare BEiT backbone either (first keys: {list(sd)[:5]}). Convert it '
-                    'with tools/model_converters/convert_checkpoint.py, or set the prefix '
+            if 'patch_embed.proj.weight' not in state_dict:
+                raise CheckpointMismatchError(
+                    f'{checkpoint!r}: no key starts with {prefix!r} and the file is not a '
+                    f'bare BEiT backbone either (first keys: {list(state_dict)[:5]}). Convert '
+                    'it with tools/model_converters/convert_checkpoint.py, or set the prefix '
                     'of init_cfg to the one its backbone keys carry.')
-            picked = OrderedDict(sd)
-            notes.append(f'no key starts with {prefix!r}: read as a bare backbone '
-                         '(unilm / timm layout)')
-            dropped = [k for k in picked if k.split('.')[0] in ('lm_head', 'cls_pt_layers', 'head')]
-            for k in dropped:
+            picked = OrderedDict(state_dict)
+            source = f'{checkpoint!r} (no key starts with {prefix!r}: a bare backbone)'
+            groups = ('lm_head', 'cls_pt_layers', 'head')
+            for group in groups:
+                keys = [k for k in picked if k.split('.')[0] == group]
+                for k in keys:
+                    del picked[k]
+                if keys:
+                    dropped.append((f'{group}.* ({len(keys)})', 'not part of the backbone'))
+        if self.mask_token is None and picked.pop('mask_token', None) is not None:
+            dropped.append(('mask_token', 'a pretraining parameter; this model has none '
+                            '(use_mask_token=False)'))
+        if self.norm is None:
+            keys = [k for k in picked if k.startswith('norm.')]
+            for k in keys:
                 del picked[k]
-            if dropped:
-                groups = sorted({k.split('.')[0] for k in dropped})
-                notes.append(f'dropped {len(dropped)} non-backbone tensors ({", ".join(groups)})')
+            if keys:
+                dropped.append(('norm.*', 'this model has no final norm (final_norm=False: '
+                                'mean pooling uses fc_norm, segmentation the block outputs)'))
         if self.fc_norm is None:
-            # A classifier's pooling norm (a mean-pooling backbone: fine-tuned checkpoints,
-            # e.g. BEiT's intermediate ImageNet fine-tuning before ADE20K), which a
-            # backbone that outputs patch tokens does not use.
-            fc_norm = [k for k in picked if k.startswith('fc_norm.')]
-            for k in fc_norm:
+            keys = [k for k in picked if k.startswith('fc_norm.')]
+            for k in keys:
                 del picked[k]
-            if fc_norm:
-                notes.append('dropped the classifier pooling norm fc_norm (this backbone '
-                             f'has none: out_type={self.out_type!r})')
-        result = self.load_state_dict(picked, strict=False)
-        fresh_ok = ('fc_norm.', 'norm.', 'mask_token')
-        missing = [k for k in result.missing_keys if not k.startswith(fresh_ok)]
-        if missing or result.unexpected_keys:
-            raise PretrainedMismatchError(
-                f'{checkpoint} (prefix {prefix!r}) does not fit this BEiTViT '
-                f'(arch {self.embed_dims}x{self.num_layers}, rel_pos_bias='
-                f'{self.rel_pos_mode!r}, layer scale '
-                f'{"on" if self.blocks[0].gamma_1 is not None else "off"}): missing '
-                f'{_short(missing)}, unexpected {_short(result.unexpected_keys)}. Match '
-                'the backbone settings to the checkpoint, or convert it with '
-                'tools/model_converters/convert_checkpoint.py.')
-        fresh = [k for k in result.missing_keys if k not in missing]
-        notes.append(f'loaded {len(picked)} tensors from {checkpoint} (prefix {prefix!r})'
-                     + (f'; left at their init: {", ".join(fresh)}' if fresh else ''))
-        for note in notes:
-            print_log(f'BEiTViT load: {note}', logger='current')
+            if keys:
+                dropped.append(('fc_norm.*', 'a classifier\'s pooling norm; this backbone has '
+                                f'none (out_type={self.out_type!r})'))
+        try:
+            report = load_state_dict_checked(
+                self, picked, source=source, fresh_ok=self.pretrained_fresh_ok(allow_fresh),
+                target=self._describe(), log=False)
+        except CheckpointMismatchError as exc:
+            raise CheckpointMismatchError(
+                f'{exc}\nMatch the backbone settings to the checkpoint, convert it with '
+                'tools/model_converters/convert_checkpoint.py, or, for a parameter that may '
+                "train from its init, name it in init_cfg's allow_fresh.", exc.report) from None
+        report.dropped[:0] = dropped
+        print_log(report.table(), logger='current')
+        return report
+
+    def _describe(self) -> str:
+        scale = 'on' if self.blocks[0].gamma_1 is not None else 'off'
+        return (f'BEiTViT (arch {self.embed_dims}x{self.num_layers}, rel_pos_bias='
+                f'{self.rel_pos_mode!r}, layer scale {scale})')
 
 
 # ---------------------------------------------------------------------------------------
 # Load path (docs/contracts.md, unilm run_class_finetuning.py)
 # ---------------------------------------------------------------------------------------
-class PretrainedMismatchError(ValueError):
-    """A pretrained checkpoint that does not fit the backbone it is loaded into."""
-
-
-def _short(keys: Sequence[str], n: int = 6) -> str:
-    keys = list(keys)
-    return '[]' if not keys else (
-        '[' + ', '.join(keys[:n]) + (f', ... ({len(keys)} in all)' if len(keys) > n else '') + ']')
-
 _BLOCK_TABLE = re.compile(r'blocks\.\d+\.attn\.relative_position_bias_table')
 
 
@@ -648,19 +688,21 @@ def adapt_beit_state_dict_(model: BEiTViT, state_dict: Dict[str, torch.Tensor],
        the checkpoint has per-layer tables while the model wants a shared one, raise;
     3. resize relative tables (geometric bicubic) and ``pos_embed`` (bicubic) whose grid
        differs from the model's; the source grid is taken as square when it can be;
-    4. drop ``mask_token`` / ``norm.*`` when the model has none.
 
-    Anything else that does not fit is left for the strict check to report.
+    Each step is recorded with :func:`~mmbeit.checkpoint.note_adapted` /
+    :func:`~mmbeit.checkpoint.note_dropped` (in the load's report table, or the log).
+    Anything else that does not fit is left for the strict check to report: a whole-model
+    load keeps a ``mask_token`` / ``norm`` the model lacks as unexpected keys; only
+    :meth:`BEiTViT.load_pretrained` drops those of a pretraining file.
     """
-    notes = []
     grid = model.patch_resolution
     index_keys = [k for k in state_dict
                   if k.startswith(prefix) and k.endswith('relative_position_index')]
     for k in index_keys:
         del state_dict[k]
     if index_keys:
-        notes.append(f'dropped {len(index_keys)} relative_position_index key(s): '
-                     'non-persistent buffers rebuilt from the patch grid')
+        note_dropped(f'{prefix}*relative_position_index ({len(index_keys)})',
+                     'non-persistent buffers, rebuilt from the patch grid')
 
     shared_key = prefix + 'rel_pos_bias.relative_position_bias_table'
     layer_keys = [k for k in state_dict
@@ -668,15 +710,15 @@ def adapt_beit_state_dict_(model: BEiTViT, state_dict: Dict[str, torch.Tensor],
     if model.rel_pos_mode == 'per_layer' and shared_key in state_dict:
         table = state_dict.pop(shared_key)
         if layer_keys:
-            notes.append(f'dropped {shared_key}: the checkpoint also has per-layer tables')
+            note_dropped(shared_key, 'the checkpoint also has per-layer tables')
         else:
             for i in range(model.num_layers):
                 state_dict[f'{prefix}blocks.{i}.attn.relative_position_bias_table'] = \
                     table.clone()
-            notes.append(f'expanded the shared {shared_key} into {model.num_layers} '
-                         'per-layer tables blocks.i.attn.relative_position_bias_table')
+            note_adapted(shared_key, f'expanded into {model.num_layers} per-layer tables '
+                         f'{prefix}blocks.i.attn.relative_position_bias_table')
     elif model.rel_pos_mode == 'shared' and layer_keys:
-        raise ValueError(
+        raise CheckpointMismatchError(
             f'the checkpoint has per-layer relative position tables ({layer_keys[0]}, ...) '
             "but the model uses one shared table (rel_pos_bias='shared'); per-layer tables "
             "cannot be merged into a shared one: build the model with "
@@ -697,8 +739,9 @@ def adapt_beit_state_dict_(model: BEiTViT, state_dict: Dict[str, torch.Tensor],
             state_dict[k] = resize_rel_pos_table(t, src_grid, grid)
             resized.append(k)
         if resized:
-            notes.append(f'resized {len(resized)} relative position table(s) from grid '
-                         f'{src_grid} to {grid} (geometric-progression bicubic)')
+            note_adapted(f'{len(resized)} relative position table(s)',
+                         f'resized from grid {src_grid} to {grid} (geometric-progression '
+                         'bicubic)')
 
     pos_key = prefix + 'pos_embed'
     pos = state_dict.get(pos_key)
@@ -708,17 +751,5 @@ def adapt_beit_state_dict_(model: BEiTViT, state_dict: Dict[str, torch.Tensor],
         src = src_grid if src_grid and src_grid[0] * src_grid[1] == num else \
             _grid_from_num_patches(num, grid)
         state_dict[pos_key] = resize_pos_embed(pos, src, grid)
-        notes.append(f'resized {pos_key} from grid {src} to {grid} (bicubic)')
+        note_adapted(pos_key, f'resized from grid {src} to {grid} (bicubic)')
 
-    if model.mask_token is None and state_dict.pop(prefix + 'mask_token', None) is not None:
-        notes.append(f'dropped {prefix}mask_token: the model has no mask token '
-                     '(use_mask_token=False)')
-    if model.norm is None:
-        norm_keys = [prefix + 'norm.weight', prefix + 'norm.bias']
-        popped = [state_dict.pop(k) for k in norm_keys if k in state_dict]
-        if popped:
-            notes.append(f'dropped {prefix}norm.*: the model has no final norm '
-                         '(final_norm=False: mean pooling uses fc_norm, segmentation the raw '
-                         'block outputs)')
-    for note in notes:
-        print_log(f'BEiTViT load: {note}', logger='current')
