@@ -202,9 +202,22 @@ def test_grid_and_vocab_mismatch_errors():
 
 
 def test_preprocessor_normalises_views_and_moves_masks():
+    import random
+
+    import numpy as np
     model = build(v2=True)
     data = batch(b=2)
+    # masks come from the pipeline (MIMMask): the preprocessor draws no random number, so
+    # the global streams that seeded runs replay are the same after a call
+    def streams():
+        _, key, pos, *_ = np.random.get_state()
+        return torch.get_rng_state(), key.copy(), pos, random.getstate()
+
+    before = streams()
     d = model.data_preprocessor(data, True)
+    after = streams()
+    assert torch.equal(after[0], before[0]) and np.array_equal(after[1], before[1])
+    assert after[2:] == before[2:]
     img = torch.stack(data['inputs'][0]).float()
     mean = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
     std = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
