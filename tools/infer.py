@@ -86,19 +86,11 @@ def main(argv=None) -> int:
         sys.exit(f'infer.py: --device {args.device} but this machine has no CUDA GPU; use '
                  f'--device cpu')
 
-    from mmbeit.apis import (
-        CheckpointMismatchError,
-        inference_classifier,
-        inference_segmentor,
-        init_model,
-        model_task,
-    )
-    from mmbeit.engine.checkpoint import UnsafeCheckpointError
+    from mmbeit.apis import inference_classifier, inference_segmentor, init_model, model_task
     try:
         model = init_model(args.config, args.checkpoint, device=args.device,
                            cfg_options=args.cfg_options)
-    except (FileNotFoundError, ValueError, CheckpointMismatchError,
-            UnsafeCheckpointError) as exc:
+    except (FileNotFoundError, ValueError) as exc:  # CheckpointError is a ValueError
         sys.exit(f'infer.py: {exc}')
     classes = model.dataset_meta.get('classes')
     task = model_task(model)

@@ -3,8 +3,10 @@ segment one image with the config's own test pipeline.
 
 * :func:`init_model` reads a config (path or :class:`~mmengine.config.Config`), turns
   ``SyncBN`` into ``BN`` (inference is one process), builds the model in the config's
-  default scope and loads a checkpoint strictly through mmengine's ``load_checkpoint``
-  (weights-only, see ``mmbeit/engine/checkpoint.py``). A ``Pretrained`` ``init_cfg`` of the
+  default scope and loads a checkpoint through :mod:`mmbeit.checkpoint`: weights-only, and
+  strictly (a missing, unexpected or wrongly shaped key is a
+  :class:`~mmbeit.checkpoint.CheckpointMismatchError` naming the keys; the policy is in
+  docs/checkpoints.md). A ``Pretrained`` ``init_cfg`` of the
   backbone is dropped when a checkpoint is given: the whole model comes from the
   checkpoint, so the pretraining file need not exist, and ``init_weights`` is not called.
 * :func:`inference_classifier` (mmpretrain classifiers) and :func:`inference_segmentor`
@@ -20,7 +22,6 @@ with one name per line), else from the dataset class's ``METAINFO``.
 import copy
 import os
 import os.path as osp
-import re
 import warnings
 from typing import Any, Dict, List, Optional, Sequence, Union
 
@@ -30,18 +31,19 @@ import torch.nn as nn
 from mmengine.config import Config, ConfigDict
 from mmengine.dataset import Compose
 from mmengine.registry import DefaultScope
-from mmengine.runner import load_checkpoint
 
+from mmbeit.checkpoint import (
+    CheckpointMismatchError,
+    load_state_dict_checked,
+    read_checkpoint,
+    unwrap_state_dict,
+)
 from mmbeit.engine.runtime import replace_sync_bn
 
 __all__ = ['init_model', 'inference_classifier', 'inference_segmentor', 'model_task',
            'CheckpointMismatchError']
 
 ImageInput = Union[str, os.PathLike, np.ndarray]
-
-
-class CheckpointMismatchError(RuntimeError):
-    """A checkpoint's keys or shapes do not match the model built from the config."""
 
 
 # ----------------------------------------------------------------------------- config
@@ -231,16 +233,15 @@ def init_model(config: Union[str, os.PathLike, Config],
     if checkpoint is None:
         model.init_weights()
     else:
+        ckpt = read_checkpoint(checkpoint, map_location='cpu')
         try:
-            ckpt = load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
-        except RuntimeError as exc:
-            if 'do not match' not in str(exc) and 'size mismatch' not in str(exc):
-                raise
+            load_state_dict_checked(model, unwrap_state_dict(ckpt)[0],
+                                    source=repr(checkpoint), log=False)
+        except CheckpointMismatchError as exc:
             raise CheckpointMismatchError(
-                f'checkpoint {checkpoint!r} does not fit the model of config '
-                f'{_cfg_name(cfg)}:\n{_summarise_mismatch(str(exc))}\nUse the config the '
-                f'checkpoint was trained with; a checkpoint of another codebase needs '
-                f'tools/model_converters/convert_checkpoint.py first.') from exc
+                f'{exc}\n(model of config {_cfg_name(cfg)}.) Use the config the checkpoint '
+                f'was trained with; a checkpoint of another codebase needs '
+                f'tools/model_converters/convert_checkpoint.py first.', exc.report) from None
 
     model.cfg = cfg
     model.dataset_meta = _dataset_meta(ckpt, cfg, scope)
@@ -252,32 +253,6 @@ def init_model(config: Union[str, os.PathLike, Config],
     model.to(device)
     model.eval()
     return model
-
-
-def _summarise_mismatch(message: str, shown: int = 6) -> str:
-    """mmengine's strict-load message (one line per size mismatch, all missing and all
-    unexpected keys) cut to a few names of each kind and their counts."""
-    kinds = {'missing keys': [], 'unexpected keys': [], 'shape mismatches': []}
-    for line in message.splitlines():
-        line = line.strip()
-        if line.startswith('missing keys in source state_dict:'):
-            kinds['missing keys'] += [k.strip() for k in line.split(':', 1)[1].split(',')]
-        elif line.startswith('unexpected key in source state_dict:'):
-            kinds['unexpected keys'] += [k.strip() for k in line.split(':', 1)[1].split(',')]
-        elif line.startswith('size mismatch for '):
-            found = re.match(r'size mismatch for (\S+): .*?torch\.Size\((\[.*?\])\).*'
-                             r'torch\.Size\((\[.*?\])\)', line)
-            kinds['shape mismatches'].append(
-                f'{found[1]} {found[2]} in the checkpoint, {found[3]} in the model'
-                if found else line[len('size mismatch for '):])
-    if not any(kinds.values()):
-        return message
-    parts = []
-    for kind, items in kinds.items():
-        if items:
-            more = f' ... and {len(items) - shown} more' if len(items) > shown else ''
-            parts.append(f'  {len(items)} {kind}: ' + '; '.join(items[:shown]) + more)
-    return '\n'.join(parts)
 
 
 def model_task(model: nn.Module) -> str:

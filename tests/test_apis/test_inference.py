@@ -6,6 +6,7 @@ classifier against PIL preprocessing + backbone + head by hand, the segmentor ag
 ``model.inference`` on a tensor normalised by hand.
 """
 import os.path as osp
+import re
 
 import cv2
 import numpy as np
@@ -263,6 +264,21 @@ def test_init_model_errors(tmp_path, demo_data, seg_ckpt):
     with pytest.raises(CheckpointMismatchError,
                        match=r'(?s)partial\.pth.*decode_head\.conv_seg\.bias'):
         init_model(SEG_CFG, tmp_path / 'partial.pth', cfg_options=seg_options(demo_data))
+    # ... so is one with a wrongly shaped tensor, named with both shapes
+    ckpt = torch.load(seg_ckpt, weights_only=True)
+    weight = ckpt['state_dict']['decode_head.conv_seg.weight']
+    ckpt['state_dict']['decode_head.conv_seg.weight'] = weight[:1]
+    torch.save(ckpt, tmp_path / 'shape.pth')
+    with pytest.raises(CheckpointMismatchError,
+                       match=r'(?s)shape\.pth.*1 of another shape.*decode_head\.conv_seg\.weight '
+                             + re.escape(f'{[1] + list(weight.shape[1:])} in the file, '
+                                         f'{list(weight.shape)} in the model')):
+        init_model(SEG_CFG, tmp_path / 'shape.pth', cfg_options=seg_options(demo_data))
+    # a truncated file is named
+    data = open(seg_ckpt, 'rb').read()
+    (tmp_path / 'cut.pth').write_bytes(data[:len(data) // 3])
+    with pytest.raises(ValueError, match=r"cut\.pth.*truncated"):
+        init_model(SEG_CFG, tmp_path / 'cut.pth', cfg_options=seg_options(demo_data))
 
     # no test pipeline
     cfg = Config.fromfile(SEG_CFG)
