@@ -84,7 +84,7 @@ def _qualname(obj) -> str:
 
 
 def _unknown_key_line(path: str, key: str, obj, accepted: List[str]) -> str:
-    close = difflib.get_close_matches(key, accepted, n=3, cutoff=0.6)
+    close = difflib.get_close_matches(key, accepted, n=2, cutoff=0.75)
     if close:
         hint = 'did you mean ' + ' or '.join(repr(c) for c in close) + '?'
     else:
@@ -100,11 +100,13 @@ def check_model_config(cfg_model: dict, registry=None, scope: Optional[str] = 'm
     ``registry`` is checked: each key other than ``type`` and ``_scope_`` must be an
     argument of that class (or function). Classes taking ``**kwargs`` are not checked
     (their valid keys cannot be told), nor are types the registry does not know (the
-    build reports those itself). Types resolve as the build does: in ``scope``, in the
-    scope a ``_scope_`` key switches to for its sub-tree, and in the scope of a prefixed
-    type (``'mmbeit.BEiTViT'`` inside an mmseg model) for that entry's own sub-configs.
-    Sub-configs are walked whether or not their parent resolved (e.g. ``VQKD.teacher``);
-    the keys in :data:`NOT_MODEL_KEYS` (``init_cfg``, mmcv layer configs) are not.
+    build reports those itself). Types resolve as mmengine's build does: in ``scope``,
+    or in the scope a ``_scope_`` key switches to for its sub-tree; a prefixed type
+    (``'mmbeit.BEiTViT'`` inside an mmseg model) resolves in its own scope, while its
+    sub-configs stay in the current one (mmengine does not switch the default scope for
+    a prefix). Sub-configs are walked whether or not their parent resolved (e.g.
+    ``VQKD.teacher``); those under the keys in :data:`NOT_MODEL_KEYS` (``init_cfg``,
+    mmcv layer configs) are not.
 
     Args:
         cfg_model (dict): the model config (``cfg.model``).
@@ -148,25 +150,14 @@ def check_model_config(cfg_model: dict, registry=None, scope: Optional[str] = 'm
             walk_dict(node, where, reg)
 
     def walk_dict(node: dict, where: str, reg) -> None:
-        child_reg = reg
         type_ = node.get('type')
         obj = resolve(type_, reg) if type_ is not None else None
-        if obj is not None:
-            accepted = _accepted_names(obj)
-            if accepted is not None:
-                checked.append((where, getattr(obj, '__name__', str(obj))))
-                for key in node:
-                    if key not in ('type', '_scope_') and key not in accepted:
-                        problems.append(_unknown_key_line(where, str(key), obj, accepted))
-            prefix = type_.split('.', 1)[0] if isinstance(type_, str) and '.' in type_ else None
-            if prefix is not None and prefix in reg.root.children:
-                # the class's own code builds its sub-configs in its package's registry
-                with reg.switch_scope_and_registry(prefix) as scoped:
-                    walk_children(node, where, scoped)
-                return
-        walk_children(node, where, child_reg)
-
-    def walk_children(node: dict, where: str, reg) -> None:
+        accepted = _accepted_names(obj) if obj is not None else None
+        if accepted is not None:
+            checked.append((where, getattr(obj, '__name__', str(obj))))
+            for key in node:
+                if key not in ('type', '_scope_') and key not in accepted:
+                    problems.append(_unknown_key_line(where, str(key), obj, accepted))
         for key, value in node.items():
             if key in NOT_MODEL_KEYS or key in ('type', '_scope_'):
                 continue
