@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from mmbeit.checkpoint import CheckpointError, CheckpointMismatchError, CheckpointReadError
 from mmbeit.models.tokenizers import HOGTokenizer, patch_hog
 
 pytestmark = pytest.mark.usefixtures('one_thread')
@@ -151,11 +152,41 @@ def test_codebook_file_round_trip_and_refusals(tmp_path):
     with pytest.raises(ValueError, match=r"other settings; \(file, config\): "
                        r"\{'flat_threshold': \(0.1, 0.05\)\}"):
         HOGTokenizer(num_tokens=3, input_size=16).load_codebook(str(tmp_path / 'thr.pth'))
-    torch.save(dict(state_dict=dict(weight=torch.zeros(2))), tmp_path / 'bad.pth')
-    with pytest.raises(KeyError, match=r'not a HOGTokenizer codebook .*\[\'weight\'\]'):
-        HOGTokenizer(num_tokens=3, input_size=16).load_codebook(str(tmp_path / 'bad.pth'))
+    fresh = HOGTokenizer(num_tokens=3, input_size=16)
+    bad = tmp_path / 'bad.pth'
+    torch.save(dict(state_dict=dict(weight=torch.zeros(2))), bad)
+    with pytest.raises(CheckpointMismatchError) as err:
+        fresh.load_codebook(str(bad))
+    msg = str(err.value)
+    assert msg.startswith(f'{bad} does not fit HOGTokenizer (3 tokens):')
+    assert '1 missing (in the model, not in the file): [codebook]' in msg
+    assert '1 unexpected (in the file, not in the model): [weight]' in msg
+    assert 'fit_hog_tokenizer.py' in msg and not fresh.fitted
+
+    # a codebook for another vocabulary: reported as a shape, never copied
+    torch.save(dict(state_dict=dict(codebook=torch.eye(4, tok.descriptor_dims))), bad)
+    with pytest.raises(CheckpointMismatchError) as err:
+        fresh.load_codebook(str(bad))
+    assert f'codebook [4, {tok.descriptor_dims}] in the file, [2, {tok.descriptor_dims}] ' \
+        'in the model' in str(err.value)
+    assert not fresh.codebook.any()
+
+    # rows that are not unit vectors
+    torch.save(dict(state_dict=dict(codebook=0.1 * tok.codebook)), bad)
+    with pytest.raises(ValueError, match=f'^{bad}: the codebook has rows that are not unit '):
+        fresh.load_codebook(str(bad))
+
+    # not a state dict, a truncated file, no file: errors that name it
+    torch.save(dict(state_dict=dict(codebook=[1, 2])), bad)
+    with pytest.raises(CheckpointError, match=rf"^{bad} is not a HOGTokenizer codebook "
+                       r"\(not a state dict: entries \[codebook\] are not tensors"):
+        fresh.load_codebook(str(bad))
+    save_codebook(bad, tok)
+    bad.write_bytes(bad.read_bytes()[:100])
+    with pytest.raises(CheckpointReadError, match=f"cannot read checkpoint '{bad}'"):
+        fresh.load_codebook(str(bad))
     with pytest.raises(FileNotFoundError, match='no codebook at .*missing.pth; write one'):
-        HOGTokenizer(num_tokens=3, input_size=16).load_codebook(str(tmp_path / 'missing.pth'))
+        fresh.load_codebook(str(tmp_path / 'missing.pth'))
 
 
 def test_as_beit_target_generator(tmp_path):

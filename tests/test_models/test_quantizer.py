@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from _helpers import ROOT, free_port
 
+from mmbeit.checkpoint import load_state_dict_checked
 from mmbeit.models.tokenizers import quantizer as quantizer_mod
 from mmbeit.models.tokenizers.quantizer import (
     NormEMAQuantizer,
@@ -398,6 +399,16 @@ def test_official_layout_loads_strictly():
     # Anything else unexpected is still reported.
     with pytest.raises(RuntimeError, match=r'Unexpected key\(s\).*embedding\.bogus'):
         q.load_state_dict(dict(official, **{'embedding.bogus': torch.zeros(1)}))
+    # In a checked load the two keys are reported as dropped, with the reason, under
+    # their full names; a file without them drops nothing.
+    report = load_state_dict_checked(parent, {f'quantize.{k}': v for k, v in official.items()},
+                                     source='official', log=False)
+    assert report.ok and report.dropped == [
+        ('quantize.embedding.cluster_size, quantize.embedding.embed_avg',
+         'statistics of the official VQ-KD file that the normalised-EMA update never reads')]
+    ours = {k: v for k, v in official.items() if k in q.state_dict()}
+    report = load_state_dict_checked(q, ours, source='ours', log=False)
+    assert report.ok and report.dropped == [] and sorted(report.loaded) == sorted(ours)
 
 
 def test_errors():

@@ -5,6 +5,7 @@ tools/model_converters/clip_to_state_dict.py.
 OpenAI's layout here, independently of the code under test) and ``DINOViT`` against timm's
 ``VisionTransformer``; both with tiny random models on CPU."""
 import math
+import os
 import os.path as osp
 import subprocess
 import sys
@@ -15,6 +16,12 @@ import torch
 import torch.nn as nn
 from _helpers import ROOT, tool_main
 
+from mmbeit.checkpoint import (
+    CheckpointMismatchError,
+    CheckpointNotFoundError,
+    CheckpointReadError,
+    load_state_dict_checked,
+)
 from mmbeit.models.tokenizers import teachers as teachers_mod
 from mmbeit.models.tokenizers.teachers import (
     CLIP_MEAN,
@@ -205,14 +212,16 @@ def test_timm_vit_settings_match():
 
 
 @torch.no_grad()
-def test_dino_matches_timm_with_k_bias(monkeypatch):
-    logs = collect_logs(monkeypatch)
+def test_dino_matches_timm_with_k_bias():
     timm_model = timm_vit()
     ours = tiny_dino()
     sd = timm_model.state_dict()
     assert sd['blocks.0.attn.qkv.bias'][WIDTH:2 * WIDTH].abs().max() > 1  # k bias is there
-    ours.load_state_dict(sd, strict=True)
-    assert any('q_bias / v_bias' in m for m in logs)
+    report = load_state_dict_checked(ours, sd, source='timm', log=False)
+    assert [k for k, _ in report.adapted] == [f'blocks.*.attn.qkv.bias ({LAYERS})']
+    assert report.ok and not report.dropped and not report.fresh
+    # the same through a plain strict load_state_dict (no report: the note is logged)
+    tiny_dino().load_state_dict(sd, strict=True)
     x = images()
     want = timm_model.forward_features(x)[:, 1:]
     got = ours(x)
@@ -229,14 +238,16 @@ def test_dino_matches_timm_with_k_bias(monkeypatch):
 
 
 @torch.no_grad()
-def test_dino_drops_head_and_loads_file(tmp_path, monkeypatch):
-    logs = collect_logs(monkeypatch)
+def test_dino_drops_head_and_loads_file(tmp_path):
     timm_model = timm_vit(num_classes=10)
     path = tmp_path / 'dino.pth'
     torch.save(timm_model.state_dict(), path)
     ours = tiny_dino(checkpoint=str(path))
     assert ours.loaded_from == str(path) and ours.is_init
-    assert any('head.*' in m for m in logs)
+    report = ours.load_report
+    assert report.source == repr(str(path)) and report.ok
+    assert [k for k, _ in report.dropped] == ['head.* (2)']
+    assert sorted(report.loaded) == sorted(ours.state_dict())
     x = images()
     torch.testing.assert_close(ours(x), timm_model.forward_features(x)[:, 1:],
                                atol=1e-5, rtol=1e-5)
@@ -287,9 +298,17 @@ def test_init_cfg_pretrained_is_strict(tmp_path, make):
     del full['teacher.' + name]
     torch.save({'state_dict': full}, path)
     model = make(init_cfg=dict(type='Pretrained', checkpoint=str(path), prefix='teacher.'))
-    with pytest.raises(TeacherCheckpointError) as err:
+    with pytest.raises(CheckpointMismatchError) as err:
         model.init_weights()
     assert name in str(err.value) and str(path) in str(err.value)
+    assert err.value.report.missing == [name] and not err.value.report.unexpected
+    assert "keys under 'teacher.', 1 other key(s) left out" in str(err.value)
+
+    # a prefix no key carries
+    model = make(init_cfg=dict(type='Pretrained', checkpoint=str(path), prefix='student.'))
+    with pytest.raises(TeacherCheckpointError,
+                       match=f"^no key of '{path}' starts with prefix 'student.'"):
+        model.init_weights()
 
 
 def test_init_cfg_validation(tmp_path):
@@ -297,8 +316,15 @@ def test_init_cfg_validation(tmp_path):
         tiny_clip(init_cfg=dict(type='Normal', std=0.01))
     with pytest.raises(ValueError, match='not both'):
         tiny_clip(checkpoint='a.pth', init_cfg=dict(type='Pretrained', checkpoint='a.pth'))
-    with pytest.raises(TeacherCheckpointError, match='does not exist'):
+    with pytest.raises(CheckpointNotFoundError,
+                       match=f"^checkpoint '{tmp_path}/missing.pth' does not exist"):
         tiny_clip(checkpoint=str(tmp_path / 'missing.pth'))
+    # a truncated file: the error names it
+    path = tmp_path / 'cut.pth'
+    torch.save(tiny_clip().state_dict(), path)
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(CheckpointReadError, match=f"^cannot read checkpoint '{path}'"):
+        tiny_clip(checkpoint=str(path))
 
 
 def test_random_teacher_warns(monkeypatch):
@@ -318,18 +344,41 @@ def test_clip_missing_unexpected_and_shape_errors(tmp_path):
     del broken['ln_post.bias']
     broken['extra.weight'] = torch.zeros(2)
     torch.save(broken, path)
-    with pytest.raises(TeacherCheckpointError) as err:
+    with pytest.raises(CheckpointMismatchError) as err:
         tiny_clip(checkpoint=str(path))
-    msg = str(err.value)
-    assert 'ln_post.bias' in msg and 'extra.weight' in msg and str(path) in msg
-    assert '1 missing' in msg and '1 unexpected' in msg
+    assert str(err.value).splitlines() == [
+        f"'{path}' does not fit CLIPViT:",
+        '  1 missing (in the model, not in the file): [ln_post.bias]',
+        '  1 unexpected (in the file, not in the model): [extra.weight]',
+        'The teacher is loaded strictly: check its settings (arch, patch_size, img_size) '
+        'against the checkpoint.']
 
     wrong = OrderedDict(sd)
     wrong['proj'] = torch.zeros(WIDTH, OUT + 1)
     torch.save(wrong, path)
-    with pytest.raises(TeacherCheckpointError, match='proj') as err:
+    with pytest.raises(CheckpointMismatchError) as err:
         tiny_clip(checkpoint=str(path))
     assert str(path) in str(err.value)
+    assert err.value.report.mismatched == [('proj', (WIDTH, OUT + 1), (WIDTH, OUT))]
+
+
+@pytest.mark.parametrize('make', [tiny_clip, tiny_dino])
+def test_teacher_file_missing_one_key_names_the_key_and_the_file(tmp_path, make):
+    src = randomize_(make(), seed=3)
+    sd = src.state_dict()
+    name = sorted(sd)[len(sd) // 2]
+    del sd[name]
+    path = tmp_path / 'teacher.pth'
+    torch.save({'model': sd}, path)  # unilm's container
+    model = make()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointMismatchError) as err:
+        model.load_checkpoint(str(path))
+    assert str(err.value).startswith(
+        f"'{path}' does not fit {type(model).__name__}:\n"
+        f'  1 missing (in the model, not in the file): [{name}]\n')
+    assert err.value.report.missing == [name] and model.loaded_from is None
+    assert torch.equal(model.state_dict()[name], before[name])
 
 
 def test_dino_missing_key_raises(tmp_path):
@@ -337,7 +386,15 @@ def test_dino_missing_key_raises(tmp_path):
     del sd['blocks.1.mlp.fc2.weight']
     path = tmp_path / 'dino.pth'
     torch.save(sd, path)
-    with pytest.raises(TeacherCheckpointError, match=r'blocks\.1\.mlp\.fc2\.weight'):
+    with pytest.raises(CheckpointMismatchError, match=r'\[blocks\.1\.mlp\.fc2\.weight\]'):
+        tiny_dino(checkpoint=str(path))
+
+    # timm's qkv.bias and our q_bias for the same block: refused, naming the file
+    sd = timm_vit().state_dict()
+    sd['blocks.0.attn.q_bias'] = torch.zeros(WIDTH)
+    torch.save(sd, path)
+    with pytest.raises(TeacherCheckpointError, match=f"^'{path}': blocks.0.attn.qkv.bias and "
+                       'blocks.0.attn.q_bias/v_bias are both in the state dict'):
         tiny_dino(checkpoint=str(path))
 
 
@@ -359,8 +416,7 @@ def full_clip_state_dict(visual_sd):
 
 
 @torch.no_grad()
-def test_full_clip_state_dict_loads(tmp_path, monkeypatch):
-    logs = collect_logs(monkeypatch)
+def test_full_clip_state_dict_loads(tmp_path):
     src = randomize_(tiny_clip(), seed=11)
     full, n_text = full_clip_state_dict(src.state_dict())
     path = tmp_path / 'clip_full.pth'
@@ -368,12 +424,15 @@ def test_full_clip_state_dict_loads(tmp_path, monkeypatch):
     model = tiny_clip(checkpoint=str(path))
     x = images(1)
     assert torch.equal(model(x), src(x))
-    assert any(f'ignored {n_text} other key(s)' in m for m in logs)
+    report = model.load_report
+    assert [k for k, _ in report.adapted] == ['visual.*']
+    assert [k for k, _ in report.dropped] == [f"{n_text} other key(s) under ''"]
+    assert report.ok and len(report.loaded) == len(src.state_dict())
 
     # a missing visual key is still reported
     del full['visual.ln_pre.weight']
     torch.save(full, path)
-    with pytest.raises(TeacherCheckpointError, match=r'ln_pre\.weight'):
+    with pytest.raises(CheckpointMismatchError, match=r'missing .*\[ln_pre\.weight\]'):
         tiny_clip(checkpoint=str(path))
 
 
@@ -416,7 +475,7 @@ def test_converter_plain_dict(tmp_path):
     out = torch.load(dst, map_location='cpu', weights_only=True)
     assert list(out) == list(src.state_dict())
     assert all(torch.equal(out[k], v) for k, v in src.state_dict().items())
-    assert not osp.exists(str(dst) + '.tmp')
+    assert os.listdir(dst.parent) == ['visual.pth']  # no temporary file left
     model = tiny_clip(checkpoint=str(dst))
     assert torch.equal(model(images(1)), src(images(1)))
 
@@ -457,3 +516,8 @@ def test_converter_rejects_non_clip(tmp_path):
     assert 'not a CLIP ViT' in _main(path, tmp_path / 'out.pth')
     assert not osp.exists(tmp_path / 'out.pth')
     assert 'does not exist' in _main(tmp_path / 'nope.pt', tmp_path / 'out.pth')
+    # a truncated source: the error names the file
+    path.write_bytes(path.read_bytes()[:200])
+    assert _main(path, tmp_path / 'out.pth').startswith(
+        f"error: cannot read checkpoint '{path}' (200 bytes)")
+    assert sorted(os.listdir(tmp_path)) == ['resnet.pth']

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mmbeit.checkpoint import CheckpointMismatchError, CheckpointReadError
 from mmbeit.models.backbones.beit_vit import BEiTViT
 from mmbeit.models.tokenizers.teachers import DINOViT
 from mmbeit.models.tokenizers.vqkd import VQKD
@@ -209,17 +210,38 @@ def test_official_checkpoint_loads_strictly(tmp_path):
     assert 'decoder.fc_norm.bias' in ours
     assert torch.equal(model.encoder.norm.weight, sd['encoder.fc_norm.weight'])
 
-    # One key missing: a KeyError naming the file and the key.
+    # What the load left out, and why, is in its report (one row per reason).
+    report = build(decoder_out_dims=12).load_tokenizer(str(path))
+    assert report.source == repr(str(path)) and report.ok and not report.fresh
+    dropped = dict(report.dropped)
+    assert list(dropped) == [
+        '[teacher.visual.conv1.weight, teacher.visual.proj, scaling_layer.shift, ... '
+        '(5 in all)]', 'quantize.embedding.cluster_size, quantize.embedding.embed_avg']
+    assert 'not tokenizer weights' in dropped[list(dropped)[0]]
+    assert 'never reads' in dropped[list(dropped)[1]]
+    assert sorted(report.loaded) == sorted(expected)
+
+    # One key missing: an error naming the file and the key.
     del sd['encode_task_layer.2.bias']
     bad = tmp_path / 'broken.pth'
     torch.save({'model': sd}, bad)
-    with pytest.raises(KeyError) as err:
+    with pytest.raises(CheckpointMismatchError) as err:
         build(checkpoint=str(bad), decoder_out_dims=12).init_weights()
-    assert str(bad) in str(err.value) and 'encode_task_layer.2.bias' in str(err.value)
+    assert str(err.value).startswith(
+        f"'{bad}' does not fit VQKD:\n"
+        '  1 missing (in the model, not in the file): [encode_task_layer.2.bias]\n')
+    assert str(err.value).endswith('Check that the encoder / decoder / quantizer sizes of '
+                                   'the config match the file.')
     # A surplus key too.
     sd = dict(official_state_dict(), **{'encoder.extra': torch.zeros(1)})
     torch.save({'state_dict': sd}, bad)
-    with pytest.raises(KeyError, match=r'unexpected \[\'encoder\.extra\'\]'):
+    with pytest.raises(CheckpointMismatchError,
+                       match=r'1 unexpected \(in the file, not in the model\): '
+                             r'\[encoder\.extra\]'):
+        build(decoder_out_dims=12).load_tokenizer(str(bad))
+    # A truncated file: the error names it.
+    bad.write_bytes(bad.read_bytes()[:300])
+    with pytest.raises(CheckpointReadError, match=f"^cannot read checkpoint '{bad}'"):
         build(decoder_out_dims=12).load_tokenizer(str(bad))
 
 
@@ -254,6 +276,11 @@ def test_target_generator_loads_full_checkpoint_and_stays_frozen(tmp_path):
     gen = build(with_decoder=False, frozen=True, checkpoint=str(path))
     gen.init_weights()
     assert gen.decoder is None and gen.decode_task_layer is None
+    report = build(with_decoder=False).load_tokenizer(str(path))
+    dropped = dict(report.dropped)
+    decoder_row = next(k for k, why in dropped.items() if 'with_decoder=False' in why)
+    n_dec = sum(k.startswith(('decoder.', 'decode_task_layer.')) for k in sd)
+    assert decoder_row.startswith('[decoder.') and decoder_row.endswith(f'({n_dec} in all)]')
     assert not any(k.startswith(('decoder.', 'decode_task_layer.')) for k in gen.state_dict())
     assert torch.equal(gen.quantize.codebook, sd['quantize.embedding.weight'])
     gen.train()

@@ -4,16 +4,18 @@
 
 OpenAI distributes CLIP (e.g. ``ViT-B-16.pt``) as a TorchScript archive, which
 ``torch.load(weights_only=True)`` refuses. SRC may be such an archive (read with
-``torch.jit.load``: only use archives from a source you trust) or a plain state dict
-(read weights-only; a ``state_dict`` / ``model`` entry is unwrapped). The ``visual.*`` keys
-are kept with the prefix removed (an image-tower-only dict is kept as it is), giving the
-key layout of ``mmbeit.models.tokenizers.teachers.CLIPViT``; dtypes are kept (OpenAI's
-archives are fp16, loading them into the fp32 teacher is exact). DST is written to
-``DST.tmp`` first and then renamed; an existing DST is kept unless ``--force``.
+``torch.jit.load``: this converter is for archives from a source you trust, such as
+OpenAI's download) or a plain state dict (read weights-only by
+:func:`mmbeit.checkpoint.read_state_dict`; a ``state_dict`` / ``model`` / ``module``
+container is unwrapped). The ``visual.*`` keys are kept with the prefix removed (an
+image-tower-only dict is kept as it is), giving the key layout of
+``mmbeit.models.tokenizers.teachers.CLIPViT``; dtypes are kept (OpenAI's archives are
+fp16, loading them into the fp32 teacher is exact). DST is written through
+:func:`mmbeit.checkpoint.save_checkpoint` (a temporary file next to it, renamed at the
+end); an existing DST is kept unless ``--force``.
 """
 import argparse
 import os.path as osp
-import pickle
 import sys
 import warnings
 from collections import OrderedDict
@@ -21,21 +23,14 @@ from collections import OrderedDict
 import torch
 
 try:
-    from mmbeit.models.tokenizers.teachers import (
-        TeacherCheckpointError,
-        clip_visual_state_dict,
-        is_torchscript_archive,
-        read_teacher_state_dict,
-    )
+    import mmbeit  # noqa: F401
 except ImportError:  # run from a checkout that is not installed
     sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
-    from mmbeit.models.tokenizers.teachers import (
-        TeacherCheckpointError,
-        clip_visual_state_dict,
-        is_torchscript_archive,
-        read_teacher_state_dict,
-    )
-from mmbeit.engine.checkpoint import save_atomic  # noqa: E402
+from mmbeit.checkpoint import CheckpointError, read_state_dict, save_checkpoint  # noqa: E402
+from mmbeit.models.tokenizers.teachers import (  # noqa: E402
+    clip_visual_state_dict,
+    is_torchscript_archive,
+)
 
 REQUIRED = ('conv1.weight', 'class_embedding', 'positional_embedding', 'proj')
 
@@ -63,10 +58,9 @@ def load_clip(path: str) -> dict:
                 sys.exit(f'error: cannot read TorchScript archive {path!r}: {err}')
         return OrderedDict(module.state_dict())
     try:
-        return read_teacher_state_dict(path)
-    except (TeacherCheckpointError, pickle.UnpicklingError, RuntimeError, EOFError,
-            OSError) as err:
-        sys.exit(f'error: cannot read {path!r}: {err}')
+        return read_state_dict(path)
+    except CheckpointError as err:  # its message names the file
+        sys.exit(f'error: {err}')
 
 
 def extract_visual(state_dict: dict, src: str) -> dict:
@@ -88,7 +82,7 @@ def main(argv=None) -> int:
         sys.exit(f'error: {args.dst_path!r} exists; pass --force to overwrite it')
     visual = extract_visual(load_clip(args.src_path), args.src_path)
     dtypes = sorted({str(v.dtype).replace('torch.', '') for v in visual.values()})
-    save_atomic(visual, args.dst_path)
+    save_checkpoint(visual, args.dst_path)
     print(f'saved {len(visual)} tensors ({", ".join(dtypes)}) to {args.dst_path}')
     return 0
 

@@ -38,12 +38,19 @@ from typing import Dict, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
-from mmengine.logging import print_log
 from mmengine.model import BaseModule
+from mmengine.utils import to_2tuple
 
+from mmbeit.checkpoint import (
+    CheckpointError,
+    CheckpointMismatchError,
+    CheckpointNotFoundError,
+    load_state_dict_checked,
+    read_checkpoint,
+    unwrap_state_dict,
+)
 from mmbeit.registry import MODELS
 
-from ..utils.rel_pos import to_2tuple
 from .quantizer import HostCachedFlag, codebook_usage_stats, spherical_kmeans
 
 __all__ = ['patch_hog', 'HOGTokenizer']
@@ -109,7 +116,9 @@ class HOGTokenizer(BaseModule):
                  flat_threshold: float = 0.05, checkpoint: Optional[str] = None,
                  init_cfg=None):
         super().__init__(init_cfg)
-        self.input_size = to_2tuple(input_size)
+        self.input_size = tuple(to_2tuple(input_size))
+        if len(self.input_size) != 2:
+            raise ValueError(f'HOGTokenizer: input_size={input_size!r}; give an int or (H, W)')
         if num_tokens < 2:
             raise ValueError(f'HOGTokenizer: num_tokens={num_tokens}; the flat token and at '
                              'least one texture token are needed')
@@ -153,32 +162,35 @@ class HOGTokenizer(BaseModule):
             self.load_codebook(self.checkpoint)
 
     def load_codebook(self, path: str) -> None:
-        """Load a codebook file of tools/misc/fit_hog_tokenizer.py; a file fitted with
-        other settings is refused, naming them."""
-        from mmengine.runner import CheckpointLoader
+        """Load a codebook file of tools/misc/fit_hog_tokenizer.py (read weights-only and
+        checked by :mod:`mmbeit.checkpoint`); a file fitted with other settings is refused,
+        naming them."""
+        path = str(path)
+        how = 'write one with python tools/misc/fit_hog_tokenizer.py CONFIG --out FILE'
         if not osp.isfile(path):
-            raise FileNotFoundError(f'HOGTokenizer: no codebook at {path}; write one with '
-                                    'python tools/misc/fit_hog_tokenizer.py CONFIG --out FILE')
-        ckpt = CheckpointLoader.load_checkpoint(path, map_location='cpu')
-        state = ckpt.get('state_dict') if isinstance(ckpt, dict) else None
-        if not isinstance(state, dict) or set(state) != {'codebook'}:
-            keys = sorted(state) if isinstance(state, dict) else type(ckpt).__name__
-            raise KeyError(f'{path} is not a HOGTokenizer codebook (expected state_dict = '
-                           f'{{codebook}}, got {keys})')
-        saved = (ckpt.get('meta') or {}).get('hog_tokenizer')
+            raise CheckpointNotFoundError(f'HOGTokenizer: no codebook at {path}; {how}')
+        ckpt = read_checkpoint(path)
+        try:
+            state = unwrap_state_dict(ckpt)[0]
+        except CheckpointError as exc:
+            raise CheckpointError(f'{path} is not a HOGTokenizer codebook ({exc}); {how}'
+                                  ) from None
+        meta = ckpt.get('meta') if isinstance(ckpt, dict) else None
+        saved = meta.get('hog_tokenizer') if isinstance(meta, dict) else None
         if saved is not None and saved != self.hparams():
             diff = {k: (saved.get(k), v) for k, v in self.hparams().items()
                     if saved.get(k) != v}
             raise ValueError(f'{path} was fitted with other settings; (file, config): {diff}. '
                              'Fit a codebook for this config or change the config to match.')
-        if tuple(state['codebook'].shape) != tuple(self.codebook.shape):
-            raise ValueError(f'{path}: codebook of shape {tuple(state["codebook"].shape)}, '
-                             f'this tokenizer needs {tuple(self.codebook.shape)}')
-        self.codebook.copy_(state['codebook'])
+        try:
+            load_state_dict_checked(self, state, source=path,
+                                    target=f'HOGTokenizer ({self.vocab_size} tokens)')
+        except CheckpointMismatchError as exc:
+            raise CheckpointMismatchError(
+                f'{exc}\nA HOGTokenizer codebook file holds state_dict = {{codebook}} for '
+                f'these settings; {how}', exc.report) from None
         if not self.fitted:
-            raise ValueError(f'{path}: the codebook has rows that are not unit vectors')
-        print_log(f'HOGTokenizer: loaded a {self.vocab_size}-token codebook from {path}',
-                  logger='current')
+            raise ValueError(f'{path}: the codebook has rows that are not unit vectors; {how}')
 
     def freeze(self) -> 'HOGTokenizer':
         """Target-generator mode (nothing trains: the codebook is a buffer)."""

@@ -25,7 +25,8 @@ features z [B, N, d]:
 State-dict keys follow the official VQ-KD checkpoint: ``embedding.weight`` [K, d],
 ``embedding.initted`` and ``cluster_size`` [K]. The official file also has
 ``embedding.cluster_size`` and ``embedding.embed_avg``, which its normalised-EMA
-quantizer never reads; the load path drops them.
+quantizer never reads; the load path drops them and says so (``note_dropped``: in the
+load's report, or the log).
 
 Everything here runs in fp32 with autocast disabled. The training forward reads nothing
 back to the host per call, so a GPU step is not stalled by it: the k-means flag is read
@@ -39,6 +40,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+
+from mmbeit.checkpoint import note_dropped
 
 __all__ = ['NormEMAQuantizer', 'spherical_kmeans', 'codebook_usage_stats', 'HostCachedFlag']
 
@@ -203,8 +206,11 @@ class NormEMAQuantizer(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
                               missing_keys, unexpected_keys, error_msgs):
         # Official VQ-KD files carry two statistics the normalised-EMA rule never reads.
-        for name in ('embedding.cluster_size', 'embedding.embed_avg'):
-            state_dict.pop(prefix + name, None)
+        unread = [prefix + name for name in ('embedding.cluster_size', 'embedding.embed_avg')
+                  if state_dict.pop(prefix + name, None) is not None]
+        if unread:
+            note_dropped(', '.join(unread), 'statistics of the official VQ-KD file that the '
+                         'normalised-EMA update never reads')
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
                                       missing_keys, unexpected_keys, error_msgs)
 

@@ -8,7 +8,7 @@ teacher produces for that patch. Two teachers are provided, both registered in
   ``ln_post`` applied to every token, the cls token dropped, and the result multiplied by
   ``proj``: [B, 196, 512] for a 224 input. State-dict keys are OpenAI's exactly (the
   ``visual.*`` keys of an OpenAI CLIP state dict without the prefix); a full CLIP state dict
-  with the ``visual.`` prefix also loads, its text tower ignored (and logged).
+  with the ``visual.`` prefix also loads, its text tower left out (noted in the load report).
 * ``DINOViT``: a DINO ViT (ViT-B/16 by default) in timm's / facebookresearch's layout,
   built on our ``BEiTViT`` (absolute position embedding, no relative bias, no LayerScale);
   its output is the final-normed patch tokens [B, 196, 768].
@@ -23,9 +23,15 @@ grad and ``train()`` keeps it in eval mode.
 
 Weights. Pass ``checkpoint=PATH`` (loaded when the module is built) or
 ``init_cfg=dict(type='Pretrained', checkpoint=PATH[, prefix=...])`` (loaded by
-``init_weights()``, mmengine's convention). Both load STRICTLY, unlike mmengine's
-``PretrainedInit``: a missing or unexpected key raises ``TeacherCheckpointError`` naming the
-keys and the file. Files are read with ``torch.load(..., weights_only=True)``.
+``init_weights()``, mmengine's convention). Both load STRICTLY through
+:mod:`mmbeit.checkpoint`, unlike mmengine's ``PretrainedInit``: the file is read
+weights-only (:func:`~mmbeit.checkpoint.read_state_dict`: a missing, truncated or unsafe file
+raises a :class:`~mmbeit.checkpoint.CheckpointError` naming it; a ``state_dict`` / ``model``
+/ ``module`` container is unwrapped) and compared with the teacher by
+:func:`~mmbeit.checkpoint.load_state_dict_checked`: a missing, unexpected or mis-shaped key
+raises :class:`~mmbeit.checkpoint.CheckpointMismatchError` naming the keys and the file.
+Nothing may stay at its random init. What the load did (loaded, adapted, dropped) is kept
+as ``teacher.load_report`` and logged as one table.
 
 * CLIP: OpenAI's ``ViT-B-16.pt`` (from the URL list in openai/CLIP's ``clip/clip.py``) is
   a TorchScript archive, not a state dict; convert it once with
@@ -49,12 +55,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
+from mmengine.utils import to_2tuple
 
-from mmbeit.engine.checkpoint import load_weights_only
+from mmbeit.checkpoint import (
+    CheckpointError,
+    CheckpointMismatchError,
+    format_keys,
+    load_state_dict_checked,
+    note_adapted,
+    note_dropped,
+    read_state_dict,
+    take_prefix,
+)
 from mmbeit.registry import MODELS
 
 from ..backbones.beit_vit import BEiTViT
-from ..utils.rel_pos import to_2tuple
 
 __all__ = ['TeacherCheckpointError', 'CLIPViT', 'DINOViT', 'QuickGELU', 'CLIPLayerNorm',
            'is_torchscript_archive', 'read_teacher_state_dict', 'clip_visual_state_dict',
@@ -65,18 +80,12 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-_MAX_KEYS_SHOWN = 40
 
-
-class TeacherCheckpointError(RuntimeError):
-    """A teacher checkpoint cannot be read or does not match the teacher exactly."""
-
-
-def _show_keys(keys) -> str:
-    keys = sorted(keys)
-    shown = ', '.join(keys[:_MAX_KEYS_SHOWN])
-    more = len(keys) - _MAX_KEYS_SHOWN
-    return shown + (f', ... and {more} more' if more > 0 else '')
+class TeacherCheckpointError(CheckpointError):
+    """A teacher file that cannot be used for a reason of its own kind: a TorchScript
+    archive, no key under the given prefix, an ambiguous DINO qkv bias. A file that is
+    missing or unreadable raises the other :class:`~mmbeit.checkpoint.CheckpointError`
+    types, one that does not fit :class:`~mmbeit.checkpoint.CheckpointMismatchError`."""
 
 
 def is_torchscript_archive(path: str) -> bool:
@@ -89,27 +98,15 @@ def is_torchscript_archive(path: str) -> bool:
 
 
 def read_teacher_state_dict(path: str) -> Dict[str, torch.Tensor]:
-    """Read a plain state dict with ``torch.load(weights_only=True)``; a ``state_dict`` or
-    ``model`` entry of a container is unwrapped. Raises ``TeacherCheckpointError``."""
+    """:func:`~mmbeit.checkpoint.read_state_dict`, after refusing a TorchScript archive
+    (OpenAI's CLIP download) with the command that converts it."""
     path = osp.expanduser(str(path))
-    if not osp.isfile(path):
-        raise TeacherCheckpointError(f'teacher checkpoint {path!r} does not exist')
-    if is_torchscript_archive(path):
+    if osp.isfile(path) and is_torchscript_archive(path):
         raise TeacherCheckpointError(
             f'{path!r} is a TorchScript archive (as OpenAI distributes CLIP), not a state '
             'dict; convert it once with: python tools/model_converters/clip_to_state_dict.py '
             f'{path} OUT.pth')
-    ckpt = load_weights_only(path, map_location='cpu')
-    if isinstance(ckpt, dict):
-        for key in ('state_dict', 'model'):
-            if isinstance(ckpt.get(key), dict):
-                ckpt = ckpt[key]
-                break
-    if not isinstance(ckpt, dict) or not all(torch.is_tensor(v) for v in ckpt.values()):
-        raise TeacherCheckpointError(
-            f'{path!r} does not hold a state dict (a dict of tensors, possibly under '
-            "'state_dict' or 'model')")
-    return OrderedDict(ckpt)
+    return read_state_dict(path)
 
 
 def clip_visual_state_dict(state_dict: Dict[str, torch.Tensor],
@@ -154,6 +151,7 @@ class _FrozenTeacher:
                                  'Pretrained init_cfg, not both')
             self.pretrained_cfg = dict(init_cfg)
         self.loaded_from = None
+        self.load_report = None
         for p in self.parameters():
             p.requires_grad = False
         self.train(False)
@@ -182,44 +180,37 @@ class _FrozenTeacher:
         raise NotImplementedError
 
     def load_checkpoint(self, filename: str, prefix: Optional[str] = None) -> None:
-        """Load ``filename`` strictly (every key of the model, nothing else).
+        """Load ``filename`` strictly (every key of the model, nothing else), through
+        :func:`~mmbeit.checkpoint.load_state_dict_checked`; the report is kept as
+        ``self.load_report``.
 
         ``prefix``: take only the keys starting with it and remove it (e.g. ``'teacher.'``
-        for a VQ-KD checkpoint); how many other keys were left out is logged.
+        for a VQ-KD checkpoint); how many other keys were left out is in the report.
         """
+        filename = str(filename)
         state_dict = read_teacher_state_dict(filename)
-        name = type(self).__name__
+        source = repr(filename)
         if prefix:
-            kept = OrderedDict((k[len(prefix):], v) for k, v in state_dict.items()
-                               if k.startswith(prefix))
+            kept = take_prefix(state_dict, prefix)
             if not kept:
                 raise TeacherCheckpointError(
-                    f'no key of {filename!r} starts with prefix {prefix!r} (first keys: '
-                    f'{_show_keys(list(state_dict)[:5])})')
-            if len(kept) < len(state_dict):
-                print_log(f'{name}: ignored {len(state_dict) - len(kept)} key(s) of '
-                          f'{filename!r} outside prefix {prefix!r}', logger='current')
+                    f'no key of {source} starts with prefix {prefix!r} (first keys: '
+                    f'{format_keys(list(state_dict)[:5])}); set the prefix of init_cfg to '
+                    'the one the teacher keys carry, or leave it out for a bare state dict')
+            source += f' (keys under {prefix!r}'
+            others = len(state_dict) - len(kept)
+            source += f', {others} other key(s) left out)' if others else ')'
             state_dict = kept
         try:
-            missing, unexpected = self.load_state_dict(state_dict, strict=False)
-        except RuntimeError as err:  # shape mismatches are raised even when not strict
-            raise TeacherCheckpointError(
-                f'cannot load {filename!r} into {name}: {err}') from err
-        if missing or unexpected:
-            parts = []
-            if missing:
-                parts.append(f'{len(missing)} missing key(s): {_show_keys(missing)}')
-            if unexpected:
-                parts.append(f'{len(unexpected)} unexpected key(s): '
-                             f'{_show_keys(unexpected)}')
-            raise TeacherCheckpointError(
-                f'{filename!r} does not match {name} (strict loading); '
-                + '; '.join(parts) + '. Check the teacher architecture (arch, patch_size, '
-                'img_size) against the checkpoint.')
-        self.loaded_from = str(filename)
+            self.load_report = load_state_dict_checked(self, state_dict, source=source)
+        except CheckpointMismatchError as exc:
+            raise CheckpointMismatchError(
+                f'{exc}\nThe teacher is loaded strictly: check its settings (arch, '
+                'patch_size, img_size) against the checkpoint.', exc.report) from None
+        except TeacherCheckpointError as exc:  # raised by a load hook, which has no file name
+            raise TeacherCheckpointError(f'{source}: {exc}') from None
+        self.loaded_from = filename
         self._is_init = True
-        print_log(f'{name}: loaded {len(state_dict)} tensors from {filename!r}',
-                  logger='current')
 
     def _check_grid(self, grid: Tuple[int, int]) -> None:
         if tuple(grid) != tuple(self.patch_resolution):
@@ -354,7 +345,9 @@ class CLIPViT(_FrozenTeacher, BaseModule):
         self.num_heads = arch['heads']
         self.out_channels = arch['output_dim']
         hidden = int(width * arch.get('mlp_ratio', 4))
-        self.img_size = to_2tuple(img_size)
+        self.img_size = tuple(to_2tuple(img_size))
+        if len(self.img_size) != 2:
+            raise ValueError(f'img_size must be an int or (H, W), got {img_size!r}')
         self.patch_size = patch_size
         self.patch_resolution = (self.img_size[0] // patch_size, self.img_size[1] // patch_size)
         num_tokens = self.patch_resolution[0] * self.patch_resolution[1] + 1
@@ -403,14 +396,16 @@ class CLIPViT(_FrozenTeacher, BaseModule):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
                               missing_keys, unexpected_keys, error_msgs):
-        # A full CLIP state dict: keep the image tower, drop the rest (logged).
+        # A full CLIP state dict: keep the image tower, drop the rest (noted).
         if prefix + 'visual.conv1.weight' in state_dict:
             visual, ignored = clip_visual_state_dict(state_dict, prefix)
             state_dict.clear()
             state_dict.update(visual)
-            print_log(f'CLIPViT load: took the {prefix}visual.* keys of a full CLIP state '
-                      f'dict, ignored {ignored} other key(s) (text tower, logit_scale, ...)',
-                      logger='current')
+            note_adapted(f'{prefix}visual.*', 'the image tower of a full CLIP state dict, '
+                         'prefix visual. removed')
+            if ignored:
+                note_dropped(f'{ignored} other key(s) under {prefix!r}',
+                             'text tower, logit_scale, ... of a full CLIP state dict')
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
                                       missing_keys, unexpected_keys, error_msgs)
 
@@ -439,7 +434,8 @@ class DINOViT(_FrozenTeacher, BEiTViT):
 
     timm-layout keys are mapped on load (also through mmengine's loaders): ``qkv.bias``
     [3D] -> ``q_bias`` = bias[:D], ``v_bias`` = bias[2D:] (the key bias is dropped, see
-    the module docstring), and ``head.*`` is dropped; both are logged.
+    the module docstring), and ``head.*`` is dropped; both are noted in the load report
+    (logged when loaded outside :meth:`load_checkpoint`).
     """
     mean = IMAGENET_MEAN
     std = IMAGENET_STD
@@ -467,7 +463,6 @@ class DINOViT(_FrozenTeacher, BEiTViT):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
                               missing_keys, unexpected_keys, error_msgs):
-        notes = []
         dims = self.embed_dims
         mapped = 0
         for key in [k for k in state_dict if k.startswith(prefix)]:
@@ -477,7 +472,8 @@ class DINOViT(_FrozenTeacher, BEiTViT):
             base = f'{prefix}blocks.{m.group(1)}.attn.'
             if base + 'q_bias' in state_dict or base + 'v_bias' in state_dict:
                 raise TeacherCheckpointError(f'{key} and {base}q_bias/v_bias are both in '
-                                             'the state dict; which one holds is ambiguous')
+                                             'the state dict; which one holds is ambiguous: '
+                                             'keep one of them')
             bias = state_dict.pop(key)
             # The key bias bias[D:2D] is dropped: it adds q . b_k to every logit of a
             # query alike, and softmax ignores a constant shift (module docstring).
@@ -485,15 +481,14 @@ class DINOViT(_FrozenTeacher, BEiTViT):
             state_dict[base + 'v_bias'] = bias[2 * dims:]
             mapped += 1
         if mapped:
-            notes.append(f'split {mapped} timm qkv.bias [3D] into q_bias / v_bias '
-                         '(the key bias is dropped: softmax is invariant to it)')
+            note_adapted(f'{prefix}blocks.*.attn.qkv.bias ({mapped})',
+                         'timm [3D] bias split into q_bias / v_bias; the key third is '
+                         'dropped (softmax is invariant to it)')
         head = [k for k in state_dict if k.startswith(prefix + 'head.')]
         for key in head:
             del state_dict[key]
         if head:
-            notes.append(f'dropped {len(head)} classifier key(s) {prefix}head.* '
-                         '(the teacher returns patch features)')
-        for note in notes:
-            print_log(f'DINOViT load: {note}', logger='current')
+            note_dropped(f'{prefix}head.* ({len(head)})',
+                         'a classifier; the teacher returns patch features')
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
                                       missing_keys, unexpected_keys, error_msgs)

@@ -32,9 +32,16 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmengine.logging import print_log
 from mmengine.model import BaseModel
 
+from mmbeit.checkpoint import (
+    CheckpointMismatchError,
+    LoadReport,
+    format_keys,
+    load_state_dict_checked,
+    note_dropped,
+    read_state_dict,
+)
 from mmbeit.models.backbones.beit_vit import BEiTViT
 from mmbeit.models.utils import keep_out_of_checkpoints
 from mmbeit.registry import MODELS
@@ -62,16 +69,9 @@ def _task_layer(in_dims: int, out_dims: int) -> nn.Sequential:
 
 def load_tokenizer_state_dict(path: str) -> 'OrderedDict[str, torch.Tensor]':
     """Read a tokenizer checkpoint weights-only and unwrap its container (``state_dict``,
-    ``model`` or ``module``; a ``module.`` prefix on every key is stripped), with the
-    converters' :func:`~mmbeit.converters.unwrap_checkpoint`."""
-    from mmengine.runner import CheckpointLoader
-
-    from mmbeit.converters import ConversionError, unwrap_checkpoint
-    ckpt = CheckpointLoader.load_checkpoint(path, map_location='cpu')
-    try:
-        return OrderedDict(unwrap_checkpoint(ckpt)[0])
-    except ConversionError as exc:
-        raise TypeError(f'{path}: {exc}') from exc
+    ``model`` or ``module``; a ``module.`` prefix on every key is stripped):
+    :func:`mmbeit.checkpoint.read_state_dict`, whose errors name the file."""
+    return read_state_dict(path)
 
 
 @MODELS.register_module()
@@ -160,37 +160,44 @@ class VQKD(BaseModel):
         if self.checkpoint:
             self.load_tokenizer(self.checkpoint)
 
-    def load_tokenizer(self, path: str) -> None:
-        """Load tokenizer weights strictly; a missing or surplus key is an error that
-        names the file (the teacher is not part of the tokenizer's weights)."""
+    def load_tokenizer(self, path: str) -> LoadReport:
+        """Load tokenizer weights strictly through
+        :func:`~mmbeit.checkpoint.load_state_dict_checked`: a missing, surplus or
+        mis-shaped key raises :class:`~mmbeit.checkpoint.CheckpointMismatchError` naming
+        the file and the keys (the teacher is not part of the tokenizer's weights). Returns
+        the load's report (also logged as one table)."""
+        path = str(path)
         state = load_tokenizer_state_dict(path)
-        missing, unexpected = self.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise KeyError(f'{path} does not fit VQKD: missing {missing[:8]}'
-                           f'{" ..." if len(missing) > 8 else ""}, unexpected '
-                           f'{unexpected[:8]}{" ..." if len(unexpected) > 8 else ""}. '
-                           'Check that encoder/decoder/quantizer sizes match the file.')
-        print_log(f'VQKD: loaded tokenizer weights from {path}', logger='current')
+        try:
+            return load_state_dict_checked(self, state, source=repr(path))
+        except CheckpointMismatchError as exc:
+            raise CheckpointMismatchError(
+                f'{exc}\nCheck that the encoder / decoder / quantizer sizes of the config '
+                'match the file.', exc.report) from None
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
                               missing_keys, unexpected_keys, error_msgs):
-        dropped = []
+        not_tokenizer, no_decoder = [], []
         for key in list(state_dict):
             if not key.startswith(prefix):
                 continue
             rel = key[len(prefix):]
             if rel.startswith(_IGNORED_PREFIXES):
-                dropped.append(key)
+                not_tokenizer.append(key)
                 state_dict.pop(key)
             elif self.decoder is None and rel.startswith(('decoder.', 'decode_task_layer.')):
-                dropped.append(key)
+                no_decoder.append(key)
                 state_dict.pop(key)
             elif _FC_NORM_RENAME.match(rel):
+                # the official name of the final LayerNorm (module docstring): not a change
                 state_dict[prefix + _FC_NORM_RENAME.sub(r'\1norm.', rel)] = state_dict.pop(key)
-        if dropped:
-            print_log(f'VQKD: ignored {len(dropped)} checkpoint keys that are not tokenizer '
-                      f'weights or belong to the decoder this model does not build '
-                      f'(e.g. {dropped[0]})', logger='current')
+        if not_tokenizer:
+            note_dropped(format_keys(not_tokenizer, 3),
+                         'not tokenizer weights (teacher, loss, scaling layer): the teacher '
+                         'loads from its own checkpoint')
+        if no_decoder:
+            note_dropped(format_keys(no_decoder, 3),
+                         'the decoder, which this model does not build (with_decoder=False)')
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
                                       missing_keys, unexpected_keys, error_msgs)
 
