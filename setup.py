@@ -27,4 +27,5 @@ setup(
     install_requires=read_requirements('requirements/runtime.txt'),
     extras_require={'tests': read_requirements('requirements/tests.txt')},
     license='Apache-2.0',
+    license_files=['LICENSE', 'NOTICE'],
 )
