@@ -1,5 +1,5 @@
 # BEiT (v1) ViT-B/16 pretraining on ImageNet-1k, 800 epochs (BEiT paper section 2.5 and
-# Table 12; unilm beit PRETRAINING.md): DALL-E dVAE targets on a 14 x 14 grid, blockwise
+# Table 12; unilm beit/README.md): DALL-E dVAE targets on a 14 x 14 grid, blockwise
 # masking of about 75 of 196 patches (may stop short, as in the paper; the ratio
 # 75/196 carries over to other input sizes), shared relative
 # position bias, LayerScale 0.1, drop path 0.1; AdamW 1.5e-3, batch 2048, 10 warmup

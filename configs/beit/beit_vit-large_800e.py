@@ -1,6 +1,6 @@
 # BEiT (v1) ViT-L/16 pretraining on ImageNet-1k, 800 epochs: the base recipe with
 # LayerScale 1e-5 and gradient clipping 1.0 (BEiT paper Table 12 / section 2.5;
-# unilm beit PRETRAINING.md). Gradient checkpointing saves memory at about 30% more time:
+# unilm beit/README.md). Gradient checkpointing saves memory at about 30% more time:
 #   --cfg-options model.backbone.with_cp=True
 # Train: batch 2048 = 16 GPUs x 128 (tools/train.py scales the lr linearly to any other
 # total batch and logs it). CONFIG = this file. Two machines: the same command on each,

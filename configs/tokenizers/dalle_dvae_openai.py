@@ -1,5 +1,5 @@
 # The DALL-E dVAE (OpenAI), BEiT v1's tokenizer: 112 x 112 input, 14 x 14 tokens from a
-# vocabulary of 8192 (BEiT paper section 2.2). Frozen; used by the BEiT v1 pretraining configs
+# vocabulary of 8192 (BEiT paper section 2.1.2). Frozen; used by the BEiT v1 pretraining configs
 # and by tools/analysis_tools/tokenize_images.py.
 #
 # Weights: https://cdn.openai.com/dall-e/encoder.pkl and .../decoder.pkl (read with a

@@ -1,4 +1,4 @@
-# VQ-KD with a DINO ViT-B/16 teacher (BEiT v2 paper section 3, the alternative teacher):
+# VQ-KD with a DINO ViT-B/16 teacher (BEiT v2 paper section 3.4, Table 6):
 # the same recipe as the CLIP variant, but the decoder reconstructs 768-d DINO patch
 # features (final-normed last-layer tokens, ImageNet mean/std input).
 #

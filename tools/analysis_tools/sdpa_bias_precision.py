@@ -3,8 +3,8 @@
 BEiT's attention (``BEiTAttention`` in ``mmbeit/models/backbones/beit_vit.py``) adds the
 relative position bias to the logits through ``scaled_dot_product_attention``'s
 ``attn_mask``: the bias [nH, N, N] is gathered from a table [T, nH] with the relative
-position index (``mmbeit/models/utils/rel_pos.py``; BEiT paper section 2.6, unilm
-``modeling_finetune.py``), cast to q's dtype and broadcast over the batch. PyTorch picks a
+position index (``mmbeit/models/utils/rel_pos.py``; BEiT paper appendix A, unilm
+``beit/modeling_finetune.py``), cast to q's dtype and broadcast over the batch. PyTorch picks a
 kernel for that call (cuDNN, memory-efficient, math; flash attention takes no additive
 bias), and the kernels differ in how they read and differentiate the bias: a bias whose
 dtype is not q's is silently misread on some cuDNN paths. This tool forces each backend in

@@ -1,5 +1,6 @@
-"""Patch-mask generators for BEiT masked image modeling (BEiT paper section 2.5,
-Algorithm 1; BEiT v2 paper section 3.2).
+"""Patch-mask generators for BEiT masked image modeling (BEiT paper section 2.3,
+Algorithm 1, and section 2.5 for the 75 patches; BEiT v2 paper section 3.1;
+docs/method.md "Masking").
 
 Both generators answer the same three calls::
 

@@ -1,7 +1,7 @@
 """Draw each pretraining sample's patch mask in the data pipeline.
 
-BEiT masks about 40% of the patches of the backbone view (BEiT paper section 2.5; BEiT v2
-section 3.2). :class:`MIMMask` draws that mask for one sample, after
+BEiT masks about 40% of the patches of the backbone view (BEiT paper sections 2.3 and 2.5;
+BEiT v2 paper section 3.1). :class:`MIMMask` draws that mask for one sample, after
 :class:`~mmbeit.datasets.transforms.BEiTMaskedViews` has cut the views, so it runs in the
 dataloader workers next to the crop instead of serially in the training process. The
 grid follows the backbone view: ``img.shape[:2] // patch_size``.

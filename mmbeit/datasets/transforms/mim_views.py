@@ -1,6 +1,6 @@
 """The two views of BEiT / BEiT v2 pretraining, cut from one crop.
 
-Reference: unilm's ``DataAugmentationForBEiT`` (``beit/datasets.py``, ``beitv2/datasets.py``)
+Reference: unilm's ``DataAugmentationForBEiT`` (``beit/datasets.py``, ``beit2/datasets.py``)
 with ``RandomResizedCropAndInterpolationWithTwoPic`` (``beit/transforms.py``):
 ColorJitter(0.4, 0.4, 0.4, hue 0) with probability 1, horizontal flip with probability
 0.5, then ONE RandomResizedCrop box (scale range, aspect ratio (3/4, 4/3)) resized twice

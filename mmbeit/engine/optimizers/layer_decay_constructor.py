@@ -1,8 +1,8 @@
 """Layer-wise learning-rate decay optimiser-wrapper constructor for BEiT / BEiT v2.
 
 One constructor serves classification fine-tuning, segmentation fine-tuning and
-pretraining (BEiT paper appendix: layer-wise learning-rate decay; unilm
-optim_factory.py; docs/contracts.md "Layer depth").
+pretraining (BEiT paper section 3.1 and Table 13: layer-wise learning-rate decay; unilm
+beit/optim_factory.py; docs/contracts.md "Layer depth").
 
 Layer ids come from the module that defines ``get_layer_depth(name)`` and ``num_layers``
 (L): either the model itself, or ``model.backbone`` (names then lose their ``backbone.``

@@ -1,5 +1,5 @@
-"""BEiT / BEiT v2 masked-image-modeling pretraining (BEiT paper section 2; BEiT v2 paper
-section 3).
+"""BEiT / BEiT v2 masked-image-modeling pretraining (BEiT paper section 2.3; BEiT v2 paper
+section 2.3; docs/method.md "Pretraining").
 
 One algorithm for both versions:
 

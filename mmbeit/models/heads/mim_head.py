@@ -1,4 +1,5 @@
-"""Masked-image-modeling head of BEiT / BEiT v2 (BEiT paper section 2.5).
+"""Masked-image-modeling head of BEiT / BEiT v2 (BEiT paper section 2.3, Equation 1; BEiT v2
+paper section 2.3, Equation 3).
 
 ``lm_head``: one Linear from the backbone width to the tokenizer vocabulary, applied only
 to the token states at masked positions; the loss is cross-entropy against the tokenizer's

@@ -1,7 +1,8 @@
 """Relative position bias and position-embedding resizing for BEiT / BEiT v2.
 
-Implements the BEiT relative position bias (unilm modeling_finetune.py, BEiT paper arXiv 2106.08254
-section 2.6) and the resolution changes of unilm run_class_finetuning.py:
+Implements the BEiT relative position bias (unilm beit/modeling_finetune.py; BEiT paper, arXiv
+2106.08254, appendix A) and the resolution changes of unilm beit/run_class_finetuning.py
+(docs/method.md "Relative position bias" and "Changing the resolution"):
 
 - :func:`build_relative_position_index`: the (N+1)x(N+1) index matrix ``R`` for any
   (possibly non-square) Wh x Ww patch grid, with the three cls entries.
@@ -225,7 +226,8 @@ def resize_rel_pos_table(table: torch.Tensor, src_grid: GridT,
                          dst_grid: GridT) -> torch.Tensor:
     """Resize a relative position table [T_src, nH] from ``src_grid`` to ``dst_grid``.
 
-    Spec 1.8(a), generalised to rectangular grids: each axis of the (2Wh-1) x (2Ww-1) body
+    The procedure of unilm beit/run_class_finetuning.py (docs/method.md "Changing the
+    resolution"), generalised to rectangular grids: each axis of the (2Wh-1) x (2Ww-1) body
     gets its own ratio q (:func:`geometric_ratio`), source samples sit at the geometric
     positions (:func:`geometric_axis`) and are interpolated onto the integer target offsets
     -(S'//2) ... S'//2. An axis whose size does not change keeps its integer axis (identity
