@@ -22,7 +22,9 @@ Output, the keyword arguments of the pretraining algorithm's ``forward``:
 
 The views travel as uint8 until they reach the device (a quarter of the bytes of fp32).
 """
-from typing import Sequence
+import math
+from numbers import Integral, Real
+from typing import Sequence, Tuple
 
 import torch
 from mmengine.model import BaseDataPreprocessor
@@ -30,6 +32,18 @@ from mmengine.model import BaseDataPreprocessor
 from mmbeit.registry import MODELS
 
 __all__ = ['MIMDataPreprocessor']
+
+
+def _three(values, name: str, positive: bool) -> Tuple[float, float, float]:
+    """``values`` as 3 floats (one per RGB channel), or a ValueError naming ``name``."""
+    ok = (isinstance(values, (tuple, list)) and len(values) == 3
+          and all(isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v)
+                  and (v > 0 or not positive) for v in values))
+    if not ok:
+        what = 'positive finite numbers' if positive else 'finite numbers'
+        raise ValueError(f'MIMDataPreprocessor: {name} must be 3 {what} (R, G, B in 0-255 '
+                         f'units), got {values!r}')
+    return tuple(float(v) for v in values)
 
 
 @MODELS.register_module()
@@ -58,12 +72,20 @@ class MIMDataPreprocessor(BaseDataPreprocessor):
                 'mask is drawn in the dataloader workers')
         if removed:
             raise TypeError(f'MIMDataPreprocessor got unexpected arguments {sorted(removed)}')
+        if not isinstance(non_blocking, bool):
+            raise ValueError(f'MIMDataPreprocessor: non_blocking must be True or False, got '
+                             f'{non_blocking!r}')
+        if not (isinstance(patch_size, Integral) and not isinstance(patch_size, bool)
+                and patch_size > 0):
+            raise ValueError(f'MIMDataPreprocessor: patch_size must be a positive int, got '
+                             f'{patch_size!r}')
+        mean, std = _three(mean, 'mean', positive=False), _three(std, 'std', positive=True)
         super().__init__(non_blocking=non_blocking)
         self.register_buffer('mean', torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1),
                              persistent=False)
         self.register_buffer('std', torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1),
                              persistent=False)
-        self.patch_size = patch_size
+        self.patch_size = int(patch_size)
 
     def forward(self, data: dict, training: bool = False) -> dict:
         entries = data['inputs']
