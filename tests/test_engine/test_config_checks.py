@@ -159,3 +159,95 @@ def test_prefixed_type_resolves_in_its_scope_its_children_in_the_current_one():
     assert check_model_config(model, MODELS, 'mmseg') == [
         ('model', 'BEiT'), ('model.backbone', 'BEiTViT'),
         ('model.target_generator', 'HOGTokenizer')]
+
+
+# ------------------------------------------------------------------ numeric arguments
+def _neck(**kw):
+    from mmbeit.models.necks import BEiTV2Neck
+    cfg = dict(early_layers=1, num_layers=1, embed_dims=8, num_heads=2,
+               feedforward_channels=16, backbone_layers=2)
+    cfg.update(kw)
+    return BEiTV2Neck(**cfg)
+
+
+def _head(**kw):
+    from mmbeit.models.heads import MIMHead
+    return MIMHead(**dict(dict(in_channels=8, vocab_size=16), **kw))
+
+
+def _layer_decay(**paramwise):
+    from mmbeit.engine.optimizers import LayerDecayOptimWrapperConstructor
+    return LayerDecayOptimWrapperConstructor(
+        dict(optimizer=dict(type='AdamW', lr=1e-3)), paramwise_cfg=paramwise)
+
+
+def _fp16_wrapper(loss_scale):
+    import torch
+
+    from mmbeit.engine.optimizers import MixedPrecisionOptimWrapper
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    return MixedPrecisionOptimWrapper(opt, dtype='float16', device_type='cuda',
+                                      loss_scale=loss_scale)
+
+
+def _views(color_jitter):
+    from mmbeit.datasets.transforms import BEiTMaskedViews
+    return BEiTMaskedViews(color_jitter=color_jitter)
+
+
+@pytest.mark.parametrize('build, kwargs, message', [
+    (_neck, dict(drop_path_rate=-0.1),
+     'BEiTV2Neck: drop_path_rate must be a finite number in [0, 1), got -0.1'),
+    (_neck, dict(drop_path_rate=1.0),
+     'BEiTV2Neck: drop_path_rate must be a finite number in [0, 1), got 1.0'),
+    (_neck, dict(layer_scale_init_value=-0.1),
+     'BEiTV2Neck: layer_scale_init_value must be a finite number >= 0, got -0.1'),
+    (_neck, dict(num_layers=0), 'BEiTV2Neck: num_layers must be an int >= 1, got 0'),
+    (_neck, dict(num_heads=2.0), 'BEiTV2Neck: num_heads must be an int >= 1, got 2.0'),
+    (_neck, dict(norm_eps=0.0), 'BEiTV2Neck: norm_eps must be a finite number > 0, got 0.0'),
+    (_neck, dict(early_layers=3),
+     'BEiTV2Neck: early_layers must be in [1, backbone_layers=2], got 3'),
+    (_head, dict(loss_weight=-1.0),
+     'MIMHead: loss_weight must be a finite number >= 0, got -1.0'),
+    (_head, dict(loss_weight=float('nan')),
+     'MIMHead: loss_weight must be a finite number >= 0, got nan'),
+    (_head, dict(vocab_size=0), 'MIMHead: vocab_size must be an int >= 1, got 0'),
+    (_layer_decay, dict(layer_decay_rate='0.65'),
+     "LayerDecayOptimWrapperConstructor paramwise_cfg: layer_decay_rate must be a finite "
+     "number in (0, 1], got '0.65'"),
+    (_layer_decay, dict(layer_decay_rate=0.0),
+     'LayerDecayOptimWrapperConstructor paramwise_cfg: layer_decay_rate must be a finite '
+     'number in (0, 1], got 0.0'),
+    (_layer_decay, dict(no_decay_names=[1]),
+     'LayerDecayOptimWrapperConstructor paramwise_cfg: no_decay_names must be a list of '
+     "parameter name endings (e.g. ['mask_token']), got [1]"),
+    (_fp16_wrapper, dict(loss_scale=0.0),
+     'MixedPrecisionOptimWrapper: a static loss_scale must be a finite number > 0 (e.g. '
+     "512.0), got 0.0; or use 'dynamic'"),
+    (_fp16_wrapper, dict(loss_scale=float('inf')),
+     'MixedPrecisionOptimWrapper: a static loss_scale must be a finite number > 0 (e.g. '
+     "512.0), got inf; or use 'dynamic'"),
+    (_views, dict(color_jitter=(0.4, 0.4, 0.4, 0.6)),
+     'BEiTMaskedViews: the hue of color_jitter shifts hues by up to that fraction of the '
+     'colour wheel and must be <= 0.5, got 0.6'),
+    (_views, dict(color_jitter=(float('inf'), 0.4, 0.4)),
+     'BEiTMaskedViews: color_jitter must be None or (brightness, contrast, saturation[, hue]) '
+     'with values >= 0, got (inf, 0.4, 0.4)'),
+])
+def test_bad_numeric_argument_is_refused_when_built(build, kwargs, message):
+    with pytest.raises(ValueError) as exc:
+        build(**kwargs)
+    assert str(exc.value) == message
+
+
+@pytest.mark.parametrize('build, kwargs', [
+    (_neck, dict(drop_path_rate=0.0, layer_scale_init_value=0.0)),
+    (_neck, dict(drop_path_rate=0.99, early_layers=2)),
+    (_head, dict(loss_weight=0.0)),
+    (_layer_decay, dict(layer_decay_rate=1, no_decay_names='mask_token')),
+    (_fp16_wrapper, dict(loss_scale=512)),
+    (_views, dict(color_jitter=(0.4, 0.4, 0.4, 0.5))),
+])
+@pytest.mark.filterwarnings('ignore:torch.cuda.amp.GradScaler is enabled')
+def test_numeric_arguments_at_the_bounds_are_accepted(build, kwargs):
+    build(**kwargs)

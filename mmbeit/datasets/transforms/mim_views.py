@@ -244,11 +244,15 @@ class BEiTMaskedViews(BaseTransform):
             self._jitter = None
         else:
             if (not isinstance(color_jitter, (tuple, list)) or len(color_jitter) not in (3, 4)
-                    or not all(isinstance(v, numbers.Real) and v >= 0
-                               for v in color_jitter)):
+                    or not all(isinstance(v, numbers.Real) and not isinstance(v, bool)
+                               and 0 <= v < math.inf for v in color_jitter)):
                 raise ValueError('BEiTMaskedViews: color_jitter must be None or '
                                  '(brightness, contrast, saturation[, hue]) with values >= 0, '
                                  f'got {color_jitter!r}')
+            if len(color_jitter) == 4 and color_jitter[3] > 0.5:
+                raise ValueError('BEiTMaskedViews: the hue of color_jitter shifts hues by up to '
+                                 'that fraction of the colour wheel and must be <= 0.5, got '
+                                 f'{color_jitter[3]!r}')
             self.color_jitter = tuple(float(v) for v in color_jitter) + (0.0,) * (
                 4 - len(color_jitter))
             b, c, s, h = self.color_jitter

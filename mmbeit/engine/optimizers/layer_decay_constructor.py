@@ -45,6 +45,7 @@ from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
 
+from mmbeit.models.utils.arg_checks import check_number
 from mmbeit.registry import OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS, OPTIMIZERS
 
 __all__ = ['LayerDecayOptimWrapperConstructor', 'use_fused_adam']
@@ -114,12 +115,16 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             raise ValueError(
                 f'{type(self).__name__}: unsupported paramwise_cfg keys {unknown}; '
                 f'supported: {list(self.SUPPORTED_KEYS)}')
-        rate = float(paramwise_cfg.get('layer_decay_rate', 1.0))
-        if not 0.0 < rate <= 1.0:
-            raise ValueError(f'layer_decay_rate must be in (0, 1], got {rate}')
+        rate = check_number(paramwise_cfg.get('layer_decay_rate', 1.0), 'layer_decay_rate',
+                            f'{type(self).__name__} paramwise_cfg', low=0, high=1,
+                            low_open=True)
         extra = paramwise_cfg.get('no_decay_names', ())
         if isinstance(extra, str):
             extra = (extra, )
+        if not (isinstance(extra, (tuple, list)) and all(isinstance(n, str) for n in extra)):
+            raise ValueError(f'{type(self).__name__} paramwise_cfg: no_decay_names must be a '
+                             f'list of parameter name endings (e.g. [\'mask_token\']), got '
+                             f'{extra!r}')
         self.layer_decay_rate = rate
         self.no_decay_names = tuple(DEFAULT_NO_DECAY_NAMES) + tuple(extra)
         # Hand the parent an empty paramwise_cfg: it only validates it, all the

@@ -34,6 +34,7 @@ Example config::
         constructor='LayerDecayOptimWrapperConstructor',
         clip_grad=dict(max_norm=3.0))
 """
+import math
 from contextlib import contextmanager
 from typing import Optional, Union
 
@@ -116,6 +117,10 @@ class MixedPrecisionOptimWrapper(OptimWrapper):
             if loss_scale is None or loss_scale == 'dynamic':
                 self.loss_scaler = torch.amp.GradScaler('cuda')
             elif isinstance(loss_scale, (int, float)) and not isinstance(loss_scale, bool):
+                if not (math.isfinite(loss_scale) and loss_scale > 0):
+                    raise ValueError(f'MixedPrecisionOptimWrapper: a static loss_scale must be '
+                                     f'a finite number > 0 (e.g. 512.0), got {loss_scale!r}; '
+                                     f"or use 'dynamic'")
                 self._static_scale = float(loss_scale)
                 self.loss_scaler = torch.amp.GradScaler('cuda', init_scale=self._static_scale)
             elif isinstance(loss_scale, dict):

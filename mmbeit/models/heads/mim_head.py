@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.model import BaseModule
 
+from mmbeit.models.utils.arg_checks import check_int, check_number
 from mmbeit.registry import MODELS
 
 __all__ = ['MIMHead']
@@ -36,8 +37,9 @@ class MIMHead(BaseModule):
     def __init__(self, in_channels: int, vocab_size: int = 8192, loss_weight: float = 1.0,
                  init_cfg: Optional[dict] = None):
         super().__init__(init_cfg=init_cfg)
-        self.vocab_size = vocab_size
-        self.loss_weight = loss_weight
+        in_channels = check_int(in_channels, 'in_channels', 'MIMHead')
+        self.vocab_size = check_int(vocab_size, 'vocab_size', 'MIMHead')
+        self.loss_weight = check_number(loss_weight, 'loss_weight', 'MIMHead', low=0)
         self.lm_head = nn.Linear(in_channels, vocab_size)
 
     def init_weights(self) -> None:

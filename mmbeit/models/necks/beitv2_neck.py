@@ -15,6 +15,7 @@ import torch.nn as nn
 from mmengine.model import BaseModule
 
 from mmbeit.models.backbones.beit_vit import BEiTBlock, beit_init_weights_
+from mmbeit.models.utils.arg_checks import check_int, check_number
 from mmbeit.registry import MODELS
 
 __all__ = ['BEiTV2Neck']
@@ -39,9 +40,20 @@ class BEiTV2Neck(BaseModule):
                  backbone_layers: int = 12, qv_bias: bool = True, norm_eps: float = 1e-6,
                  init_cfg: Optional[dict] = None):
         super().__init__(init_cfg=init_cfg)
-        if not 1 <= early_layers <= backbone_layers:
-            raise ValueError(f'early_layers must be in [1, backbone_layers={backbone_layers}], '
-                             f'got {early_layers}')
+        owner = 'BEiTV2Neck'
+        backbone_layers = check_int(backbone_layers, 'backbone_layers', owner)
+        if not (isinstance(early_layers, int) and 1 <= early_layers <= backbone_layers):
+            raise ValueError(f'{owner}: early_layers must be in [1, backbone_layers='
+                             f'{backbone_layers}], got {early_layers!r}')
+        num_layers = check_int(num_layers, 'num_layers', owner)
+        for name, value in (('embed_dims', embed_dims), ('num_heads', num_heads),
+                            ('feedforward_channels', feedforward_channels)):
+            check_int(value, name, owner)
+        # a negative value would silently turn layer scale off (BEiTBlock: > 0 only)
+        check_number(layer_scale_init_value, 'layer_scale_init_value', owner, low=0)
+        # outside [0, 1) the first training step fails in DropPath's bernoulli_
+        check_number(drop_path_rate, 'drop_path_rate', owner, low=0, high=1, high_open=True)
+        check_number(norm_eps, 'norm_eps', owner, low=0, low_open=True)
         self.early_layers = early_layers
         dpr = torch.linspace(0, drop_path_rate, backbone_layers).tolist()
         rates = [dpr[min(early_layers + k, backbone_layers - 1)] for k in range(num_layers)]

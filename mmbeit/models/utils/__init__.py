@@ -1,4 +1,5 @@
 """Model building blocks shared by mmbeit's backbones, necks and heads."""
+from .arg_checks import check_int, check_number
 from .rel_pos import (
     RelativePositionBias,
     build_relative_position_index,
@@ -15,7 +16,8 @@ from .rel_pos import (
 from .unsaved import keep_out_of_checkpoints
 
 __all__ = [
-    'RelativePositionBias', 'build_relative_position_index', 'cubic_spline_matrix',
+    'RelativePositionBias', 'build_relative_position_index', 'check_int', 'check_number',
+    'cubic_spline_matrix',
     'gather_rel_pos_bias', 'geometric_axis', 'geometric_ratio', 'grid_from_table_len',
     'keep_out_of_checkpoints',
     'rel_pos_table_len', 'resize_pos_embed', 'resize_rel_pos_table', 'to_2tuple'
