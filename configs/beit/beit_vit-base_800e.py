@@ -5,7 +5,8 @@
 # position bias, LayerScale 0.1, drop path 0.1; AdamW 1.5e-3, batch 2048, 10 warmup
 # epochs, cosine to 1e-5, weight decay 0.05, gradient clipping 3.0.
 #
-# Tokenizer weights: data/pretrained/dall_e/encoder.pkl (OpenAI), see configs/tokenizers/.
+# Tokenizer weights: data/pretrained/dall_e/dalle_encoder.pth (OpenAI's encoder.pkl
+# converted once), see configs/tokenizers/.
 # Train: batch 2048 = 16 GPUs x 128 (tools/train.py scales the lr linearly to any other
 # total batch and logs it). CONFIG = this file. Two machines: the same command on each,
 # NODE_RANK=0 on host0 and NODE_RANK=1 on the other, same MASTER_ADDR and PORT.
@@ -32,7 +33,7 @@ model = dict(
     head=dict(type='MIMHead', in_channels=768, vocab_size=8192),
     target_generator=dict(
         type='DALLETokenizer', input_size=112,
-        encoder_checkpoint='data/pretrained/dall_e/encoder.pkl'),
+        encoder_checkpoint='data/pretrained/dall_e/dalle_encoder.pth'),
 )
 
 optim_wrapper = dict(

@@ -10,14 +10,14 @@ It imports only torch, numpy and mmengine: every other part of mmbeit may use it
 (docs/architecture.md). The policy is written down in docs/checkpoints.md.
 """
 from .io import (
-    RUNNER_CHECKPOINT_GLOBALS,
+    ALLOWED_CHECKPOINT_GLOBALS,
     CheckpointError,
     CheckpointNotFoundError,
     CheckpointReadError,
     UnsafeCheckpointError,
+    allowed_checkpoint_globals,
     atomic_output,
     read_checkpoint,
-    runner_checkpoint_globals,
     save_checkpoint,
 )
 from .state import (
@@ -48,7 +48,7 @@ def read_state_dict(path: str, prefix: str = '', map_location='cpu'):
 __all__ = [
     'CheckpointError', 'CheckpointNotFoundError', 'CheckpointReadError',
     'UnsafeCheckpointError', 'CheckpointMismatchError', 'read_checkpoint', 'read_state_dict',
-    'runner_checkpoint_globals', 'RUNNER_CHECKPOINT_GLOBALS', 'atomic_output',
+    'allowed_checkpoint_globals', 'ALLOWED_CHECKPOINT_GLOBALS', 'atomic_output',
     'save_checkpoint', 'unwrap_state_dict', 'take_prefix', 'load_state_dict_checked',
     'LoadReport', 'note_adapted', 'note_dropped', 'CONTAINER_KEYS', 'format_keys'
 ]

@@ -3,9 +3,13 @@
 Reading. Every file mmbeit reads goes through :func:`read_checkpoint`, which calls
 ``torch.load(path, weights_only=True)``: a file may hold tensors, containers and plain
 values, and a pickle that would run code is refused (:class:`UnsafeCheckpointError`). The
-protection is never turned off. What a file of mmengine's Runner holds beyond that is
-allow-listed for the duration of the call only (:func:`runner_checkpoint_globals`; nothing
-process-wide changes, so code that merely imports mmbeit loads as it did):
+protection is never turned off. What the files of mmengine's Runner and of unilm's training
+scripts hold beyond that is allow-listed for the duration of the call only
+(:func:`allowed_checkpoint_globals`; nothing process-wide changes, so code that merely
+imports mmbeit loads as it did). Each is a data container whose unpickling only sets
+attributes or builds an array:
+
+* ``argparse.Namespace`` (unilm's checkpoints keep the run's arguments under ``args``);
 
 * ``mmengine.logging.HistoryBuffer`` (``message_hub``): created empty, then its
   ``__dict__`` updated with numbers and arrays;
@@ -27,6 +31,7 @@ onto the target only when the block finishes; a crash or a full disk never leave
 half-written file (or folder) under the final name. :func:`save_checkpoint` is
 ``torch.save`` through it.
 """
+import argparse
 import contextlib
 import os
 import os.path as osp
@@ -42,8 +47,8 @@ from mmengine.logging import HistoryBuffer
 
 __all__ = [
     'CheckpointError', 'CheckpointNotFoundError', 'CheckpointReadError',
-    'UnsafeCheckpointError', 'read_checkpoint', 'runner_checkpoint_globals',
-    'RUNNER_CHECKPOINT_GLOBALS', 'atomic_output', 'save_checkpoint'
+    'UnsafeCheckpointError', 'read_checkpoint', 'allowed_checkpoint_globals',
+    'ALLOWED_CHECKPOINT_GLOBALS', 'atomic_output', 'save_checkpoint'
 ]
 
 
@@ -85,16 +90,16 @@ def _history_buffer_method(obj, name: str):
         f'mmengine.logging.HistoryBuffer')
 
 
-#: What a Runner checkpoint holds beyond torch's defaults (see the module docstring).
-RUNNER_CHECKPOINT_GLOBALS = [HistoryBuffer] + _numpy_globals() + [
+#: What checkpoints hold beyond torch's defaults (see the module docstring).
+ALLOWED_CHECKPOINT_GLOBALS = [HistoryBuffer, argparse.Namespace] + _numpy_globals() + [
     (_history_buffer_method, 'builtins.getattr')
 ]
 
 
 @contextlib.contextmanager
-def runner_checkpoint_globals() -> Iterator[None]:
-    """Allow :data:`RUNNER_CHECKPOINT_GLOBALS` in weights-only loads inside the block only."""
-    with torch.serialization.safe_globals(RUNNER_CHECKPOINT_GLOBALS):
+def allowed_checkpoint_globals() -> Iterator[None]:
+    """Allow :data:`ALLOWED_CHECKPOINT_GLOBALS` in weights-only loads inside the block only."""
+    with torch.serialization.safe_globals(ALLOWED_CHECKPOINT_GLOBALS):
         yield
 
 
@@ -115,7 +120,7 @@ def _describe_read_failure(path: str, exc: BaseException) -> str:
 
 
 def read_checkpoint(path: str, map_location: Any = 'cpu') -> Any:
-    """``torch.load(path, weights_only=True)`` with Runner checkpoints allowed and errors
+    """``torch.load(path, weights_only=True)`` with the extra types above allowed and errors
     that name the file (see the module docstring).
 
     Raises:
@@ -130,7 +135,7 @@ def read_checkpoint(path: str, map_location: Any = 'cpu') -> Any:
             f'checkpoint {path!r} {where} (check the path in the config or on the command '
             f'line)')
     try:
-        with runner_checkpoint_globals():
+        with allowed_checkpoint_globals():
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         message = str(exc)

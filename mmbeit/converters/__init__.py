@@ -5,8 +5,8 @@ mmbeit layouts of docs/contracts.md.
 ``(new_state_dict, ConversionReport)``; the command line front end is
 ``tools/model_converters/convert_checkpoint.py``.
 """
-from .common import KINDS, SOURCES, ConversionError, ConversionReport, unwrap_checkpoint
+from .common import KINDS, SOURCES, ConversionError, ConversionReport
 from .convert import convert, detect_kind
 
-__all__ = ['convert', 'detect_kind', 'unwrap_checkpoint', 'ConversionError',
+__all__ = ['convert', 'detect_kind', 'ConversionError',
            'ConversionReport', 'SOURCES', 'KINDS']

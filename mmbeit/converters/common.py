@@ -2,7 +2,7 @@
 
 Every source layout is first mapped onto one *canonical* namespace, the unilm/timm names
 of the unilm layout (docs/contracts.md), then arranged into the mmbeit layout of the requested kind
-(``layout.py``). Canonical keys are:
+(``mmbeit/converters/convert.py``). Canonical keys are:
 
 * backbone keys exactly as ``BEiTViT`` names them (``BACKBONE_KEY`` below);
 * ``head.{weight,bias}`` (classifier Linear), ``lm_head.{weight,bias}`` (MIM head),
@@ -22,6 +22,8 @@ from typing import Mapping as MappingT
 
 import torch
 
+from mmbeit.checkpoint import CheckpointError
+
 SOURCES = ('unilm', 'timm', 'hf', 'mmpretrain', 'mmseg')
 KINDS = ('backbone', 'classifier', 'pretrain', 'segmentor')
 
@@ -40,11 +42,6 @@ BLOCK_KEY = re.compile(r'blocks\.\d+\.(?:' + _BLOCK_PARAM.pattern + r')')
 BACKBONE_KEY = re.compile(r'(?:' + _TOP_PARAM.pattern + r')|' + BLOCK_KEY.pattern)
 AGG_KEY = re.compile(r'cls_pt_layers\.\d+\.(?:' + _BLOCK_PARAM.pattern + r')')
 SEG_NECK_KEY = re.compile(r'neck\.(upsample_4x\.[013]|upsample_2x\.0)\.[A-Za-z_]+')
-
-
-def is_block_param(name: str) -> bool:
-    """Whether ``name`` (relative to one block) is a canonical block parameter."""
-    return _BLOCK_PARAM.fullmatch(name) is not None
 
 
 def canonical_part(key: str) -> Optional[str]:
@@ -67,7 +64,7 @@ def canonical_part(key: str) -> Optional[str]:
     return None
 
 
-class ConversionError(ValueError):
+class ConversionError(CheckpointError):
     """A checkpoint that cannot be converted as asked (a ``ValueError``)."""
 
 
@@ -141,37 +138,3 @@ class ConversionReport:
             lines.append('  WARNING: output keys not in strict_target_keys: '
                          f'{self.unexpected_target_keys}')
         return '\n'.join(lines)
-
-
-_CONTAINER_KEYS = ('state_dict', 'model', 'module')
-
-
-def unwrap_checkpoint(obj) -> Tuple[Dict[str, torch.Tensor], List[str], str]:
-    """Find the state dict inside a checkpoint.
-
-    Descends through ``state_dict`` / ``model`` / ``module`` entries whose value is a dict
-    (mmengine ``{'meta', 'state_dict'}``, unilm ``{'model', ...}``, DeepSpeed ``{'module'}``,
-    nested ones too), then strips a ``module.`` (DDP) prefix shared by every key.
-    Returns (state_dict, container path, stripped prefix).
-    """
-    containers: List[str] = []
-    while isinstance(obj, MappingT):
-        inner = next((k for k in _CONTAINER_KEYS
-                      if isinstance(obj.get(k), MappingT)), None)
-        if inner is None:
-            break
-        containers.append(inner)
-        obj = obj[inner]
-    if not isinstance(obj, MappingT):
-        raise ConversionError(f'expected a state dict or a checkpoint dict, got {type(obj)}')
-    bad = sorted(str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor))
-    if bad:
-        raise ConversionError(
-            f'not a state dict: entries {bad} are not tensors (looked inside '
-            f'{containers or "the top level"}; containers tried: {list(_CONTAINER_KEYS)})')
-    state_dict = dict(obj)
-    prefix = ''
-    while state_dict and all(k.startswith('module.') for k in state_dict):
-        prefix += 'module.'
-        state_dict = {k[len('module.'):]: v for k, v in state_dict.items()}
-    return state_dict, containers, prefix

@@ -1,8 +1,8 @@
 """``convert``: any supported BEiT checkpoint -> an mmbeit checkpoint layout.
 
-Driver: unwrap the container (common.py), map the source names onto canonical unilm names
-(unilm.py, hf.py, openmmlab.py), then arrange them in the layout of the kind asked for or
-detected (docs/contracts.md "Checkpoint layouts"):
+Driver: unwrap the container (mmbeit.checkpoint.unwrap_state_dict), map the source names
+onto canonical unilm names (unilm.py, hf.py, openmmlab.py), then arrange them in the layout
+of the kind asked for or detected (docs/contracts.md "Checkpoint layouts"):
 
 =========== =============================================================================
 backbone    ``BEiTViT`` keys, no prefix
@@ -24,6 +24,8 @@ from typing import Dict, Iterable, Optional, Tuple
 
 import torch
 
+from mmbeit.checkpoint import CheckpointError, unwrap_state_dict
+
 from .common import (
     KINDS,
     SOURCES,
@@ -31,7 +33,6 @@ from .common import (
     ConversionReport,
     Mapping,
     canonical_part,
-    unwrap_checkpoint,
 )
 from .hf import map_hf
 from .openmmlab import map_mmpretrain, map_mmseg
@@ -167,7 +168,12 @@ def convert(state_dict_or_checkpoint, src: str, kind: Optional[str] = None,
         raise ConversionError(f'unknown src {src!r}; choose from {list(SOURCES)}')
     if kind is not None and kind not in KINDS:
         raise ConversionError(f'unknown kind {kind!r}; choose from {list(KINDS)} or None')
-    sd, containers, prefix = unwrap_checkpoint(state_dict_or_checkpoint)
+    try:
+        sd, containers, prefix = unwrap_state_dict(state_dict_or_checkpoint)
+    except ConversionError:
+        raise
+    except CheckpointError as exc:
+        raise ConversionError(str(exc)) from exc
     if not sd:
         raise ConversionError('the state dict is empty')
     plan = _Plan(sd, src, kind)

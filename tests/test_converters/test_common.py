@@ -3,7 +3,8 @@ error messages of ``mmbeit.converters.convert`` (on hand-built unilm-named state
 import pytest
 import torch
 
-from mmbeit.converters import convert, detect_kind, unwrap_checkpoint
+from mmbeit.checkpoint import unwrap_state_dict
+from mmbeit.converters import convert, detect_kind
 
 D = 8
 
@@ -68,7 +69,7 @@ def test_container_unwrapping(wrap):
 def test_unwrap_reports_path_and_prefix():
     sd = _unilm_classifier()
     ckpt = {'meta': {}, 'state_dict': {'model': {'module.' + k: v for k, v in sd.items()}}}
-    inner, path, prefix = unwrap_checkpoint(ckpt)
+    inner, path, prefix = unwrap_state_dict(ckpt)
     assert path == ['state_dict', 'model'] and prefix == 'module.'
     assert set(inner) == set(sd)
     _, report = convert(ckpt, 'timm')

@@ -36,7 +36,8 @@ def _index(n_tokens=10):
 
 
 def unilm_to_hf(sd, task):
-    """HF's converter renames (HF:convert_beit_unilm_to_pytorch.py), for the test data."""
+    """HF's converter renames (Hugging Face transformers'
+    convert_beit_unilm_to_pytorch.py), for the test data."""
     out = {}
     for key, val in sd.items():
         m = re.fullmatch(r'blocks\.(\d+)\.(.+)', key)

@@ -2,26 +2,23 @@
 
     python tools/model_converters/convert_checkpoint.py SRC DST --src unilm [--kind backbone]
 
-SRC is read with ``torch.load(..., weights_only=True)``: a pickle that would run code is
-refused (nothing in it is executed). ``argparse.Namespace`` (kept by unilm training
-checkpoints under ``args``) is the one extra class allowed. ``.safetensors`` files are read
-when the ``safetensors`` package is installed. DST gets
-``{'state_dict': ..., 'meta': {'converted_from': ..., ...}}``, written to ``DST.tmp`` first
-and then renamed; an existing DST is kept unless ``--force``. See ``mmbeit.converters``.
+SRC is read by ``mmbeit.checkpoint.read_checkpoint`` (weights-only: a pickle that would run
+code is refused and nothing in it is executed; unilm's ``args`` Namespace is allowed).
+``.safetensors`` files are read when the ``safetensors`` package is installed. DST gets
+``{'state_dict': ..., 'meta': {'converted_from': ..., ...}}``, written atomically
+(``mmbeit.checkpoint.save_checkpoint``); an existing DST is kept unless ``--force``. See
+``mmbeit.converters``.
 """
 import argparse
 import os.path as osp
-import pickle
 import sys
-
-import torch
 
 try:
     from mmbeit.converters import KINDS, SOURCES, ConversionError, convert
 except ImportError:  # run from a checkout that is not installed
     sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
     from mmbeit.converters import KINDS, SOURCES, ConversionError, convert
-from mmbeit.engine.checkpoint import save_atomic  # noqa: E402
+from mmbeit.checkpoint import CheckpointError, read_checkpoint, save_checkpoint  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -41,9 +38,7 @@ def parse_args(argv=None):
 
 def load_source(path: str):
     """Load a checkpoint without executing code from it; exits with a message on failure."""
-    if not osp.isfile(path):
-        sys.exit(f'error: checkpoint {path!r} does not exist')
-    if path.endswith('.safetensors'):
+    if path.endswith('.safetensors') and osp.isfile(path):
         try:
             from safetensors.torch import load_file
         except ImportError:
@@ -51,17 +46,9 @@ def load_source(path: str):
                      'is not installed (pip install safetensors)')
         return load_file(path, device='cpu')
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as err:
-        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-        why = next((ln for ln in lines if 'GLOBAL' in ln or 'Unsupported' in ln),
-                   lines[0] if lines else type(err).__name__)
-        sys.exit(f'error: refusing to load {path!r}: it is not a plain weights file '
-                 f'(torch.load with weights_only=True rejected it: {why}). Nothing in it was '
-                 'executed. If you trust the file, re-save its state dict yourself.')
-    except (RuntimeError, EOFError, OSError) as err:
-        sys.exit(f'error: cannot read checkpoint {path!r}: {err}')
+        return read_checkpoint(path)
+    except CheckpointError as err:  # each names the file and what to do
+        sys.exit(f'error: {err}')
 
 
 def main(argv=None) -> int:
@@ -76,7 +63,7 @@ def main(argv=None) -> int:
     print(report)
     meta = dict(converted_from=args.src, source_file=osp.basename(args.src_path),
                 kind=report.kind, dropped=report.dropped)
-    save_atomic({'state_dict': state_dict, 'meta': meta}, args.dst_path)
+    save_checkpoint({'state_dict': state_dict, 'meta': meta}, args.dst_path)
     print(f'saved {len(state_dict)} tensors to {args.dst_path}')
     return 0
 
