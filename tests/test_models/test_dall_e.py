@@ -266,7 +266,7 @@ def test_decode_needs_decoder():
     with pytest.raises(RuntimeError, match='with_decoder=True'):
         tok.decode(torch.zeros(1, 196, dtype=torch.long))
     with pytest.raises(ValueError, match='with_decoder'):
-        DALLETokenizer(encoder=TINY_ENC, decoder_checkpoint='decoder.pkl')
+        DALLETokenizer(encoder=TINY_ENC, decoder_checkpoint='dalle_decoder.pth')
 
 
 def test_freeze_keeps_eval():
