@@ -1,6 +1,8 @@
 """Evaluate a checkpoint: ``python tools/test.py CONFIG CHECKPOINT [options]``.
 
-The checkpoint is read with weights-only unpickling (see ``mmbeit/engine/checkpoint.py``).
+The checkpoint is read weights-only and loaded strictly (``mmbeit.checkpoint``,
+docs/checkpoints.md): a file that does not fit the config's model is an error naming the
+keys, not an evaluation of random weights.
 Multi-process: ``tools/dist_test.sh CONFIG CHECKPOINT N``.
 """
 import argparse
@@ -9,6 +11,7 @@ import sys
 
 from mmengine.config import ConfigDict
 
+from mmbeit.checkpoint import CheckpointError
 from mmbeit.engine.runtime import add_config_args, load_config, parse_tool_args, run
 
 
@@ -39,7 +42,10 @@ def main(argv=None) -> int:
         evaluator = cfg.test_evaluator
         cfg.test_evaluator = (list(evaluator) if isinstance(evaluator, (list, tuple))
                               else [evaluator]) + [dump]
-    run(cfg, 'test')
+    try:
+        run(cfg, 'test')
+    except CheckpointError as exc:  # names the file and the keys or what is wrong with it
+        sys.exit(f'test.py: {type(exc).__name__}: {exc}')
     return 0
 
 

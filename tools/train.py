@@ -11,6 +11,7 @@ import sys
 from mmengine.config import Config
 from mmengine.logging import print_log
 
+from mmbeit.checkpoint import CheckpointError
 from mmbeit.engine.runtime import add_config_args, check_work_dir, load_config, parse_tool_args, run
 
 
@@ -115,7 +116,10 @@ def main(argv=None) -> int:
     cfg = load_config(args.config, args.launcher, args.cfg_options, args.work_dir)
     cfg = merge_args(cfg, args)
     check_work_dir(cfg.work_dir, cfg.get('resume', False), args.overwrite)
-    run(cfg, 'train', scale_lr_off_by='--no-scale-lr' if args.no_scale_lr else None)
+    try:
+        run(cfg, 'train', scale_lr_off_by='--no-scale-lr' if args.no_scale_lr else None)
+    except CheckpointError as exc:  # --resume / load_from / Pretrained: names file and keys
+        sys.exit(f'train.py: {type(exc).__name__}: {exc}')
     return 0
 
 

@@ -3,11 +3,9 @@
 Each run is a fresh process (as a user runs it). The model is the demo classifier made
 smaller; the data is a small copy of the demo data.
 """
-import random
-
 import pytest
 import torch
-from _helpers import ROOT, run_tool
+from _helpers import ROOT, free_port, run_tool
 
 DEMO_CFG = f'{ROOT}/configs/demo/beit_vit-tiny-p8_scratch-30e_demo-64.py'
 
@@ -116,7 +114,7 @@ def test_two_cpu_ranks_train_in_sync_on_different_samples(tmp_path, demo_data):
     cfg = write_config(tmp_path, demo_data, max_iters=6, extra=extra)
     run_tool(['tools/dist_train.sh', cfg, '2', '--work-dir', tmp_path / 'work',
               '--no-validate'],
-             env={'PORT': str(random.randint(20000, 40000)),
+             env={'PORT': str(free_port()),
                   'PYTHONPATH': f'{ROOT}:{tmp_path}'})
     r0, r1 = (torch.load(tmp_path / f'rank{r}.pt', weights_only=True) for r in (0, 1))
     assert r0['world'] == r1['world'] == 2
@@ -142,8 +140,22 @@ def test_test_tool_refuses_a_crafted_checkpoint(tmp_path, demo_data):
     cfg = write_config(tmp_path, demo_data)
     res = run_tool(['tools/test.py', cfg, tmp_path / 'evil.pth'], check=False)
     assert res.returncode != 0
-    assert 'Refusing to load' in res.stderr and 'evil.pth' in res.stderr
+    assert 'UnsafeCheckpointError' in res.stderr and 'evil.pth' in res.stderr
     assert not (tmp_path / 'code_ran').exists()
+
+
+def test_test_tool_refuses_a_checkpoint_that_does_not_fit(tmp_path, demo_data):
+    """Stock mmengine loads load_from non-strictly: it would evaluate random weights and
+    exit 0. tools/test.py exits non-zero naming the keys."""
+    torch.save({'state_dict': {'backbone.foo': torch.zeros(1)}}, tmp_path / 'foo.pth')
+    cfg = write_config(tmp_path, demo_data)
+    res = run_tool(['tools/test.py', cfg, tmp_path / 'foo.pth', '--work-dir',
+                    tmp_path / 'ev'], check=False)
+    assert res.returncode != 0
+    assert 'CheckpointMismatchError' in res.stderr and 'foo.pth' in res.stderr
+    assert 'unexpected (in the file, not in the model): [backbone.foo]' in res.stderr
+    assert 'backbone.patch_embed.proj.weight' in res.stderr  # a missing key, named
+    assert 'accuracy/top1' not in res.stdout + res.stderr  # nothing was evaluated
 
 
 @pytest.mark.parametrize('args, message', [
