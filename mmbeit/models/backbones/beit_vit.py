@@ -46,7 +46,7 @@ __all__ = ['DropPath', 'BEiTAttention', 'BEiTMlp', 'BEiTBlock',
 
 
 def beit_init_weights_(module: nn.Module, std: float = 0.02) -> None:
-    """Pretraining init of unilm modeling_finetune.py on every sub-module of ``module``.
+    """Pretraining init of unilm beit/modeling_pretrain.py on every sub-module of ``module``.
 
     Linear/Conv2d weights: trunc-normal with std ``std`` truncated at +-std (a=-std, b=std),
     biases 0; LayerNorm (1, 0). Parameters that are not in such layers are left alone.
@@ -355,7 +355,8 @@ class BEiTViT(BaseModule):
 
     # ------------------------------------------------------------------ init / freezing
     def init_weights(self) -> None:
-        """Pretraining init (unilm modeling_finetune.py) without ``init_cfg``. With
+        """Pretraining init (unilm beit/modeling_pretrain.py; docs/method.md "Initialisation")
+        without ``init_cfg``. With
         ``init_cfg=dict(type='Pretrained', checkpoint=..., prefix='backbone.')`` the
         checkpoint is loaded by :meth:`load_pretrained` (checked, not mmengine's silent
         non-strict load); other init_cfg entries go to mmengine's initialisers."""
