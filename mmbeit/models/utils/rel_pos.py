@@ -15,6 +15,7 @@ Implements the BEiT relative position bias (unilm beit/modeling_finetune.py; BEi
   (unilm run_class_finetuning.py).
 """
 import math
+from numbers import Integral
 from typing import Sequence, Tuple, Union
 
 import torch
@@ -31,14 +32,24 @@ GridT = Union[int, Sequence[int]]
 NUM_CLS_ENTRIES = 3  # cls->token, token->cls, cls->cls
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, Integral) and not isinstance(v, bool)
+
+
 def to_2tuple(x: GridT) -> Tuple[int, int]:
-    """``7 -> (7, 7)``; a 2-sequence is returned as a tuple of ints."""
-    if isinstance(x, int):
-        return (x, x)
-    x = tuple(int(v) for v in x)
-    if len(x) != 2:
-        raise ValueError(f'expected an int or a pair, got {x}')
-    return x
+    """``7 -> (7, 7)``; a pair (tuple, list, ``torch.Size``) of ints -> a tuple of two
+    Python ints; anything else (a float, a string, one or three numbers) is a ValueError.
+
+    Not ``mmengine.utils.to_2tuple``: that returns any iterable unchanged (a list stays
+    a list, ``(7,)``, ``(1, 2, 3)`` and ``'12'`` pass as they are, floats are kept),
+    while a grid or image size here must be two ints (callers unpack, compare and hash
+    it)."""
+    if _is_int(x):
+        return (int(x), int(x))
+    if (isinstance(x, (tuple, list, torch.Size)) and len(x) == 2
+            and all(_is_int(v) for v in x)):
+        return (int(x[0]), int(x[1]))
+    raise ValueError(f'expected an int or a pair of ints (h, w), got {x!r}')
 
 
 def rel_pos_table_len(window_size: GridT) -> int:
