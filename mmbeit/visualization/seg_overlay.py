@@ -7,8 +7,9 @@ the overlay with a legend of the classes it shows.
   to ``ignore_index`` keep the image.
 * :func:`save_seg_overlay` writes the overlay and, to its right, a legend strip (one row
   per class present: colour swatch, id, name) as a PNG with Pillow. The file is written
-  to a temporary name in the same folder and then moved into place, and an existing file
-  is kept unless ``overwrite=True``.
+  to a temporary name in the same folder and then moved into place
+  (:func:`mmbeit.checkpoint.atomic_output`), and an existing file is kept unless
+  ``overwrite=True``.
 
 Images given as arrays follow mmcv's convention (``H x W x 3`` uint8, **BGR**) in
 :func:`save_seg_overlay`; :func:`overlay_segmentation` works on RGB.
@@ -17,11 +18,12 @@ import colorsys
 import math
 import os
 import os.path as osp
-import uuid
 from typing import List, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from mmbeit.checkpoint import atomic_output
 
 __all__ = ['seg_palette', 'overlay_segmentation', 'save_seg_overlay']
 
@@ -215,27 +217,11 @@ def save_seg_overlay(img: Union[str, os.PathLike, np.ndarray], seg_map: np.ndarr
 
 
 def _write_png_atomic(image: Image.Image, out_file: str, overwrite: bool) -> None:
-    folder = osp.dirname(osp.abspath(out_file))
-    os.makedirs(folder, exist_ok=True)
-    # Not tempfile.mkstemp: its 0600 mode would stay on the final file.
-    tmp = osp.join(folder, f'.{osp.basename(out_file)}.{uuid.uuid4().hex[:12]}.tmp')
-    try:
+    """Write the PNG through :func:`mmbeit.checkpoint.atomic_output` (a temporary file
+    renamed onto ``out_file`` when complete, removed on an error)."""
+    with atomic_output(out_file) as tmp:
         with open(tmp, 'xb') as f:
             image.save(f, format='PNG')
-        if overwrite:
-            os.replace(tmp, out_file)
-            return
-        try:
-            os.link(tmp, out_file)  # atomic, and fails if out_file appeared meanwhile
-        except FileExistsError:
+        if not overwrite and osp.exists(out_file):  # appeared while the PNG was encoded
             raise FileExistsError(f'{out_file!r} already exists; pass overwrite=True (or '
-                                  f'--overwrite) to replace it, or choose another file'
-                                  ) from None
-        except OSError:  # a file system without hard links
-            if osp.exists(out_file):
-                raise FileExistsError(f'{out_file!r} already exists; pass overwrite=True '
-                                      f'(or --overwrite) to replace it') from None
-            os.replace(tmp, out_file)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
+                                  f'--overwrite) to replace it, or choose another file')

@@ -3,7 +3,9 @@ its stage-by-stage run gives the same samples as the pipeline itself, bad config
 refused with a message."""
 import importlib.util
 import json
+import os
 import os.path as osp
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -53,6 +55,12 @@ def test_staged_run_equals_the_pipeline(tmp_path, lazy):
     same as the pipeline's own (same seed)."""
     tool = load_tool()
     paths = tool.write_images(str(tmp_path), tool.SMOKE_SIZES, max_photos=2)
+    # only the JPEGs (no temporary file), each a whole one; a second call rewrites nothing
+    assert sorted(os.listdir(tmp_path)) == sorted(osp.basename(p) for p in paths)
+    assert all(Path(p).read_bytes()[-2:] == b'\xff\xd9' for p in paths)  # JPEG end marker
+    stamps = [os.stat(p).st_mtime_ns for p in paths]
+    assert tool.write_images(str(tmp_path), tool.SMOKE_SIZES, max_photos=2) == paths
+    assert [os.stat(p).st_mtime_ns for p in paths] == stamps
     pipeline = tool.build_pipeline(tool.DEFAULT_CONFIG)
     load = next(t for t in pipeline if type(t).__name__ == 'LoadImageRGB')
     load.lazy = lazy

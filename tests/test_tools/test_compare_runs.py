@@ -35,6 +35,7 @@ def test_table_has_last_and_best_of_each_run_and_dash_for_missing(tmp_path, caps
         '| ft | 55.00 (epoch 15) | 57.50 (epoch 10) | - | - |',
         '| seg | - | - | 34.02 (iter 1000) | 34.02 (iter 1000) |']
     assert out.read_text().strip() == printed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['a', 'b', 'table.md']  # no temp
 
 
 def test_a_run_without_the_metrics_or_a_label_is_an_error(tmp_path):

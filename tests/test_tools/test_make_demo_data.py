@@ -2,7 +2,10 @@
 import hashlib
 
 import numpy as np
-from _helpers import run_tool
+import pytest
+from _helpers import ROOT, run_tool
+
+TOOL = 'tools/misc/make_demo_data.py'
 
 SMALL = ['--train-per-class', '3', '--val-per-class', '1', '--seg-train', '3',
          '--seg-val', '2']
@@ -25,6 +28,7 @@ def test_same_seed_same_bytes_other_seed_other_images(tmp_path):
     images = [k for k in a if k.endswith(('.png', '.jpg'))]
     assert len(images) == 8 * 4 + 5 * 2
     assert all(a[k] != c[k] for k in images)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['a', 'b', 'c']  # no temp folder
 
 
 def test_existing_output_is_kept_unless_forced(tmp_path):
@@ -35,6 +39,26 @@ def test_existing_output_is_kept_unless_forced(tmp_path):
     assert 'keeping it' in out.stdout and marker.exists()
     run_tool(['tools/misc/make_demo_data.py', '--out', tmp_path / 'd', '--force', *SMALL])
     assert not marker.exists() and (tmp_path / 'd' / 'imagenet' / 'meta' / 'val.txt').exists()
+
+
+def test_interrupted_forced_run_keeps_the_old_folder(tmp_path, monkeypatch):
+    """--force replaces the folder only once the new one is complete: a failure half-way
+    leaves the old data and no temporary folder."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('make_demo_data', f'{ROOT}/{TOOL}')
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    run_tool([TOOL, '--out', tmp_path / 'd', *SMALL])
+    before = digest(tmp_path / 'd')
+
+    def fail(*args):
+        raise OSError('disk full')
+
+    monkeypatch.setattr(tool, 'make_ade20k', fail)
+    with pytest.raises(OSError, match='disk full'):
+        tool.main(['--out', str(tmp_path / 'd'), '--force', *SMALL])
+    assert digest(tmp_path / 'd') == before
+    assert [p.name for p in tmp_path.iterdir()] == ['d']
 
 
 def test_imagenet_layout_reads_with_mmpretrain(demo_data):

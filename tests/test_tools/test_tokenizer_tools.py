@@ -2,6 +2,7 @@
 tool (tools/analysis_tools/tokenize_images.py) for VQ-KD and the DALL-E dVAE, each run in
 a fresh process on generated demo data."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import torch
 from _helpers import ROOT, run_tool
 from PIL import Image
 
-import mmbeit  # noqa: F401  (allow-lists the runner's HistoryBuffer for weights-only loads)
+from mmbeit.checkpoint import read_state_dict
 
 DEMO_CFG = f'{ROOT}/configs/demo/vqkd_vit-tiny-p8_random-teacher_20e_demo-64.py'
 TOOL = 'tools/analysis_tools/tokenize_images.py'
@@ -58,7 +59,7 @@ def test_vqkd_trains_logs_usage_and_tokenizes(tmp_path, demo_data):
         [r['loss_rec'] for r in rows[:3]])
 
     ckpt = work / 'iter_12.pth'
-    state = torch.load(ckpt, map_location='cpu', weights_only=True)['state_dict']
+    state = read_state_dict(ckpt)  # a Runner checkpoint, read weights-only
     # the official layout: fc_norm names, no teacher weights
     assert 'encoder.fc_norm.weight' in state and 'decoder.fc_norm.weight' in state
     assert not any(k.startswith('teacher.') for k in state)
@@ -78,6 +79,8 @@ def test_vqkd_trains_logs_usage_and_tokenizes(tmp_path, demo_data):
     p = counts[counts > 0] / counts.sum()
     assert report['perplexity'] == pytest.approx(float(np.exp(-(p * np.log(p)).sum())))
     assert not (out_dir / 'reconstruction.png').exists()  # VQ-KD decodes features only
+    # written atomically: the outputs and nothing else
+    assert sorted(os.listdir(out_dir)) == ['files.txt', 'tokens.npy', 'usage.json']
 
     # The same tokens come from the model loaded in this process.
     from mmbeit.models.tokenizers import VQKD
@@ -94,6 +97,14 @@ def test_vqkd_trains_logs_usage_and_tokenizes(tmp_path, demo_data):
     again = run_tool([TOOL, cfg, f'{demo_data}/imagenet/val', '--checkpoint', ckpt,
                       '--out-dir', out_dir, '--device', 'cpu'], check=False)
     assert again.returncode != 0 and '--force' in again.stderr
+
+    # a checkpoint that does not fit the config: refused, naming the file and the keys
+    bad = run_tool([TOOL, cfg, f'{demo_data}/imagenet/val', '--checkpoint', ckpt,
+                    '--out-dir', tmp_path / 'bad', '--device', 'cpu', '--cfg-options',
+                    'model.quantizer.num_tokens=32'], check=False)
+    assert bad.returncode != 0 and f"'{ckpt}' does not fit VQKD:" in bad.stderr
+    assert 'quantize.embedding.weight [64, 8] in the file, [32, 8] in the model' in bad.stderr
+    assert not (tmp_path / 'bad').exists()
 
 
 def test_dead_code_restart_option_trains(tmp_path, demo_data):

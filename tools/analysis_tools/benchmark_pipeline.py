@@ -111,6 +111,8 @@ def cover(img, size):
 def write_images(folder: str, sizes=SIZES, max_photos=None) -> list:
     """JPEGs of every photo at every size into ``folder``; their paths, sorted."""
     from PIL import Image
+
+    from mmbeit.checkpoint import atomic_output
     os.makedirs(folder, exist_ok=True)
     paths = []
     photos = sorted(sample_photos().items())[:max_photos]
@@ -119,11 +121,8 @@ def write_images(folder: str, sizes=SIZES, max_photos=None) -> list:
         for size in sizes:
             path = osp.join(folder, f'{name}_{size[0]}x{size[1]}.jpg')
             if not osp.exists(path):
-                buf = io.BytesIO()
-                cover(img, size).save(buf, 'JPEG', quality=90, subsampling='4:2:0')
-                with open(path + '.part', 'wb') as f:
-                    f.write(buf.getvalue())
-                os.replace(path + '.part', path)
+                with atomic_output(path) as tmp:
+                    cover(img, size).save(tmp, 'JPEG', quality=90, subsampling='4:2:0')
             paths.append(path)
     return sorted(paths)
 

@@ -15,7 +15,6 @@ has no scalars or no validation line with any of the metrics.
 import argparse
 import os
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from plot_curves import CurvesError, load_run  # noqa: E402
@@ -76,10 +75,9 @@ def main(argv=None) -> int:
     table = render(rows, args.metrics)
     print(table)
     if args.out:
-        out_dir = os.path.dirname(os.path.abspath(args.out))
-        with tempfile.NamedTemporaryFile('w', dir=out_dir, delete=False, suffix='.tmp') as f:
+        from mmbeit.checkpoint import atomic_output
+        with atomic_output(args.out) as tmp, open(tmp, 'w') as f:
             f.write(table + '\n')
-        os.replace(f.name, args.out)
     return 0
 
 

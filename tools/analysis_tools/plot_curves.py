@@ -35,8 +35,9 @@ kinds of lines (``time``) is drawn twice, the val curve dashed with markers.
 average what is there) on top of the faint raw curve.
 
 Prints where each run was read from, a table of the first / last / min / max value of
-every key, run and split, and the path of the image, written atomically (a temporary
-file in the same folder, then ``os.replace``). Uses matplotlib's Agg canvas (no display).
+every key, run and split, and the path of the image, written atomically
+(``mmbeit.checkpoint.atomic_output``: a temporary file in the same folder, renamed at the
+end). Uses matplotlib's Agg canvas (no display).
 
 Example::
 
@@ -48,11 +49,9 @@ Example::
 import argparse
 import json
 import math
-import os
 import os.path as osp
 import re
 import sys
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -285,19 +284,11 @@ def _unique_names(runs):
 
 
 def _save_atomic(fig, out):
+    from mmbeit.checkpoint import atomic_output  # imports torch: only when saving
     out = osp.abspath(out)
-    os.makedirs(osp.dirname(out), exist_ok=True)
     fmt = osp.splitext(out)[1][1:].lower() or 'png'
-    fd, tmp = tempfile.mkstemp(prefix=f'.{osp.basename(out)}.', suffix=f'.tmp.{fmt}',
-                               dir=osp.dirname(out))
-    os.close(fd)
-    try:
+    with atomic_output(out) as tmp:
         fig.savefig(tmp, format=fmt)
-        os.replace(tmp, out)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
     return out
 
 

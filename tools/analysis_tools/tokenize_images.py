@@ -161,10 +161,10 @@ def reconstruction_png(originals: torch.Tensor, recons: torch.Tensor) -> bytes:
 
 
 def write_atomic(path: str, data: bytes) -> None:
-    tmp = path + '.tmp'
-    with open(tmp, 'wb') as f:
+    """Write ``data`` to ``path`` through :func:`mmbeit.checkpoint.atomic_output`."""
+    from mmbeit.checkpoint import atomic_output
+    with atomic_output(path) as tmp, open(tmp, 'wb') as f:
         f.write(data)
-    os.replace(tmp, path)
 
 
 def main(argv=None) -> dict:

@@ -15,11 +15,11 @@ Usage::
     python tools/train.py CONFIG \
         --cfg-options model.target_generator.checkpoint=work_dirs/hog_tokens.pth
 
-An existing ``--out`` is kept unless ``--force`` is given; the file is written to a
-temporary name first and moved into place, so an interrupted run leaves nothing.
+An existing ``--out`` is kept unless ``--force`` is given; the file is written by
+``mmbeit.checkpoint.save_checkpoint`` (a temporary name next to it, moved into place at
+the end), so an interrupted run leaves nothing.
 """
 import argparse
-import os
 import os.path as osp
 import random
 import sys
@@ -50,6 +50,7 @@ def main(argv=None) -> int:
 
     import mmbeit.datasets  # noqa: F401 (registers)
     import mmbeit.models  # noqa: F401
+    from mmbeit.checkpoint import save_checkpoint
     from mmbeit.datasets import SeededDataset
     from mmbeit.registry import DATASETS, MODELS
 
@@ -98,10 +99,8 @@ def main(argv=None) -> int:
     meta = dict(hog_tokenizer=tokenizer.hparams(), config=args.config, images=len(dataset),
                 views=args.views, seed=args.seed, iters=args.iters,
                 stats={k: float(v) for k, v in stats.items()})
-    os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
-    tmp = args.out + '.tmp'
-    torch.save(dict(state_dict=dict(codebook=tokenizer.codebook.clone()), meta=meta), tmp)
-    os.replace(tmp, args.out)
+    save_checkpoint(dict(state_dict=dict(codebook=tokenizer.codebook.clone()), meta=meta),
+                    args.out)
     print(f'[fit_hog_tokenizer] wrote {args.out}')
     return 0
 

@@ -36,7 +36,6 @@ Usage::
 import argparse
 import os
 import os.path as osp
-import shutil
 import sys
 
 import cv2
@@ -216,22 +215,21 @@ def main(argv=None) -> int:
                         help='replace an existing output folder (otherwise it is kept)')
     args = parser.parse_args(argv)
 
-    if osp.exists(args.out):
-        if not args.force:
-            print(f'[make_demo_data] {args.out} exists; keeping it (pass --force to rewrite)')
-            return 0
-        shutil.rmtree(args.out)
-    # Build in a sibling temp folder and move it in place: an interrupted run leaves no
-    # half-written dataset behind under the final name.
-    tmp = args.out.rstrip('/') + '.tmp'
-    shutil.rmtree(tmp, ignore_errors=True)
+    if osp.exists(args.out) and not args.force:
+        print(f'[make_demo_data] {args.out} exists; keeping it (pass --force to rewrite)')
+        return 0
+    from mmbeit.checkpoint import atomic_output
+
+    # Build in a temporary sibling folder that replaces args.out only when complete: an
+    # interrupted run leaves no half-written dataset under the final name, and with
+    # --force the old one stays until the new one is there.
     cv2.setNumThreads(1)
-    make_imagenet(osp.join(tmp, 'imagenet'), np.random.default_rng([args.seed, 1]),
-                  {'train': args.train_per_class, 'val': args.val_per_class}, args.cls_size)
-    make_ade20k(osp.join(tmp, 'ade20k'), np.random.default_rng([args.seed, 2]),
-                {'training': args.seg_train, 'validation': args.seg_val}, args.seg_size)
-    os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
-    os.replace(tmp, args.out)
+    with atomic_output(args.out.rstrip('/') or args.out) as tmp:
+        make_imagenet(osp.join(tmp, 'imagenet'), np.random.default_rng([args.seed, 1]),
+                      {'train': args.train_per_class, 'val': args.val_per_class},
+                      args.cls_size)
+        make_ade20k(osp.join(tmp, 'ade20k'), np.random.default_rng([args.seed, 2]),
+                    {'training': args.seg_train, 'validation': args.seg_val}, args.seg_size)
     print(f'[make_demo_data] wrote {args.out}: imagenet ({len(SHAPES)} classes, '
           f'{args.train_per_class}/{args.val_per_class} per class, {args.cls_size}px), '
           f'ade20k ({len(SEG_CLASSES)} classes, {args.seg_train}/{args.seg_val} images, '
