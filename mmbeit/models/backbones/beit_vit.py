@@ -18,7 +18,6 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from mmengine.logging import print_log
 from mmengine.model import BaseModule, initialize
-from mmengine.utils import to_2tuple
 
 from mmbeit.checkpoint import (
     CheckpointMismatchError,
@@ -39,6 +38,7 @@ from ..utils.rel_pos import (
     rel_pos_table_len,
     resize_pos_embed,
     resize_rel_pos_table,
+    to_2tuple,
 )
 
 __all__ = ['DropPath', 'BEiTAttention', 'BEiTMlp', 'BEiTBlock',
