@@ -39,7 +39,6 @@ from typing import Dict, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 from mmengine.model import BaseModule
-from mmengine.utils import to_2tuple
 
 from mmbeit.checkpoint import (
     CheckpointError,
@@ -51,6 +50,7 @@ from mmbeit.checkpoint import (
 )
 from mmbeit.registry import MODELS
 
+from ..utils.rel_pos import to_2tuple
 from .quantizer import HostCachedFlag, codebook_usage_stats, spherical_kmeans
 
 __all__ = ['patch_hog', 'HOGTokenizer']
@@ -116,9 +116,7 @@ class HOGTokenizer(BaseModule):
                  flat_threshold: float = 0.05, checkpoint: Optional[str] = None,
                  init_cfg=None):
         super().__init__(init_cfg)
-        self.input_size = tuple(to_2tuple(input_size))
-        if len(self.input_size) != 2:
-            raise ValueError(f'HOGTokenizer: input_size={input_size!r}; give an int or (H, W)')
+        self.input_size = to_2tuple(input_size)
         if num_tokens < 2:
             raise ValueError(f'HOGTokenizer: num_tokens={num_tokens}; the flat token and at '
                              'least one texture token are needed')

@@ -55,7 +55,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
-from mmengine.utils import to_2tuple
 
 from mmbeit.checkpoint import (
     CheckpointError,
@@ -70,6 +69,7 @@ from mmbeit.checkpoint import (
 from mmbeit.registry import MODELS
 
 from ..backbones.beit_vit import BEiTViT
+from ..utils.rel_pos import to_2tuple
 
 __all__ = ['TeacherCheckpointError', 'CLIPViT', 'DINOViT', 'QuickGELU', 'CLIPLayerNorm',
            'is_torchscript_archive', 'read_teacher_state_dict', 'clip_visual_state_dict',
@@ -345,9 +345,7 @@ class CLIPViT(_FrozenTeacher, BaseModule):
         self.num_heads = arch['heads']
         self.out_channels = arch['output_dim']
         hidden = int(width * arch.get('mlp_ratio', 4))
-        self.img_size = tuple(to_2tuple(img_size))
-        if len(self.img_size) != 2:
-            raise ValueError(f'img_size must be an int or (H, W), got {img_size!r}')
+        self.img_size = to_2tuple(img_size)
         self.patch_size = patch_size
         self.patch_resolution = (self.img_size[0] // patch_size, self.img_size[1] // patch_size)
         num_tokens = self.patch_resolution[0] * self.patch_resolution[1] + 1
