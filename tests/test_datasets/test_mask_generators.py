@@ -1,5 +1,5 @@
 """Tests for mmbeit/datasets/transforms/mask_generators.py: BEiT's blockwise masking
-(BEiT paper Algorithm 1, paper Alg. 1; v1 ``exact=False`` / v2 ``exact=True``) and uniform random
+(BEiT paper Algorithm 1; v1 ``exact=False`` / v2 ``exact=True``) and uniform random
 masking.
 
 Statistical checks use a fixed seed, so they are deterministic; their bands are still set
@@ -253,7 +253,8 @@ def test_every_position_masked_other_grids(kwargs, grid):
 
 
 def reference_blockwise(H, W, count, min_area, rng):
-    """Spec section 2 pseudo-code, v1 (no top-up), with Python's random module."""
+    """BEiT paper Algorithm 1 as unilm beit/masking_generator.py implements it
+    (docs/method.md "Masking"), v1 (no top-up), with Python's random module."""
     log_lo, log_hi = math.log(0.3), math.log(1 / 0.3)
     mask = np.zeros((H, W), dtype=bool)
     total = 0

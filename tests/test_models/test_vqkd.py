@@ -3,7 +3,8 @@
 The reference for tokenization is mmpretrain's ``VQKD`` (mmpretrain/models/selfsup/
 beit.py: its own BEiTViT encoder, task layer and NormEMAVectorQuantizer), built tiny with
 random weights; our state dict is mapped into its layout by a mapping written here. The
-checkpoint layout is the official unilm file's, written out key by key from the spec.
+checkpoint layout is the official unilm file's, written out key by key from unilm
+beit2/modeling_vqkd.py's modules (docs/contracts.md, "VQ-KD checkpoint layout").
 Everything runs tiny on CPU."""
 import copy
 import math

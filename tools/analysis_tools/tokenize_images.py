@@ -45,9 +45,10 @@ def parse_args(argv=None):
     p.add_argument('images', help='an image file, a folder (searched recursively) or a text '
                    'file with one image path per line')
     p.add_argument('--checkpoint', help='tokenizer weights: a VQ-KD checkpoint (official or '
-                   'mmbeit), or the DALL-E encoder (encoder.pkl / dalle_encoder.pth)')
-    p.add_argument('--decoder-checkpoint', help='DALL-E decoder weights (decoder.pkl), for '
-                   'reconstruction.png')
+                   'mmbeit), or the DALL-E encoder (dalle_encoder.pth; convert OpenAI\'s '
+                   'encoder.pkl once with tools/model_converters/dalle_to_state_dict.py)')
+    p.add_argument('--decoder-checkpoint', help='DALL-E decoder weights (dalle_decoder.pth, '
+                   'converted from decoder.pkl), for reconstruction.png')
     p.add_argument('--out-dir', required=True, help='folder for the outputs')
     p.add_argument('--batch-size', type=int, default=32)
     p.add_argument('--max-images', type=int, default=None, help='use at most this many')
