@@ -7,6 +7,8 @@ import pytest
 import torch
 from _helpers import ROOT, free_port, run_tool
 
+from mmbeit.checkpoint import read_checkpoint
+
 DEMO_CFG = f'{ROOT}/configs/demo/beit_vit-tiny-p8_scratch-30e_demo-64.py'
 
 
@@ -39,7 +41,7 @@ randomness = dict(seed=0, deterministic=True)
 
 
 def weights(path):
-    return torch.load(path, map_location='cpu', weights_only=True)['state_dict']
+    return read_checkpoint(path)['state_dict']
 
 
 def test_train_then_test_reports_accuracy(tmp_path, demo_data):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from _helpers import ROOT, run_tool
 
-import mmbeit  # noqa: F401  (weights-only loading of mmengine checkpoints)
+from mmbeit.checkpoint import read_checkpoint
 
 DEMO = f'{ROOT}/configs/demo'
 
@@ -62,7 +62,7 @@ def pretrain_ckpt(tmp_path_factory, demo_data):
 
 
 def _state(path):
-    return torch.load(path, map_location='cpu', weights_only=True)['state_dict']
+    return read_checkpoint(path)['state_dict']
 
 
 def test_finetune_from_the_pretraining_checkpoint_then_test(tmp_path, demo_data, pretrain_ckpt):
@@ -140,7 +140,7 @@ def test_fit_hog_tokenizer_tool(tmp_path, demo_data):
     assert m, res.stdout
     assert [int(m[i]) for i in (1, 2, 3)] == [n_images, 2 * n_images, 2 * n_images * 64]
     assert 30 < float(m[4]) < 90 and int(m[5]) > 50
-    ckpt = torch.load(out, map_location='cpu', weights_only=True)
+    ckpt = read_checkpoint(out)
     assert ckpt['meta']['hog_tokenizer'] == dict(num_tokens=64, patch_size=8, cell_size=4,
                                                  bins=9, flat_threshold=0.05)
     tok = HOGTokenizer(num_tokens=64, input_size=64, checkpoint=str(out))
