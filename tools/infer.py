@@ -18,10 +18,10 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
-from mmengine.config import DictAction
 
 
 def parse_args(argv=None):
+    from mmbeit.engine.config_checks import CfgOptionsAction
     parser = argparse.ArgumentParser(description='Classify or segment one image with a '
                                                  'trained mmbeit model')
     parser.add_argument('config', help='config file of the model')
@@ -34,7 +34,7 @@ def parse_args(argv=None):
                         help='classification: how many classes to list (default 5)')
     parser.add_argument('--overwrite', action='store_true',
                         help='replace an existing --out file')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+    parser.add_argument('--cfg-options', nargs='+', action=CfgOptionsAction,
                         help='override config entries, e.g. '
                         'test_dataloader.dataset.metainfo.classes=classes.txt')
     return parser.parse_args(argv)

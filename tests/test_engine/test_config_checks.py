@@ -57,6 +57,26 @@ def test_bad_cfg_options_item_is_an_argparse_error(items, problem, capsys):
            'model.backbone.drop_path_rate=0.2' in err
 
 
+@pytest.mark.parametrize('tool, argv', [
+    ('tools/train.py', ['c.py']),
+    ('tools/test.py', ['c.py', 'k.pth']),
+    ('tools/infer.py', ['c.py', 'k.pth', 'i.jpg']),
+    ('tools/misc/fit_hog_tokenizer.py', ['c.py', '--out', 'o.pth']),
+    ('tools/analysis_tools/tokenize_images.py', ['c.py', 'imgs', '--out-dir', 'o']),
+])
+def test_every_tool_checks_its_cfg_options(tool, argv, capsys):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(osp.basename(tool)[:-3], osp.join(ROOT, tool))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.parse_args(argv + ['--cfg-options', 'a.b=1']).cfg_options == {'a.b': 1}
+    with pytest.raises(SystemExit) as exc:
+        module.parse_args(argv + ['--cfg-options', 'model.backbone.arch'])
+    assert exc.value.code == 2
+    assert (": error: --cfg-options: 'model.backbone.arch' has no "
+            '"=": write model.backbone.arch=VALUE.') in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------ model keys
 @pytest.mark.parametrize('path', CONFIGS)
 def test_every_config_passes_the_model_key_check(path):

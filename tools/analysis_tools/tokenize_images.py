@@ -40,6 +40,7 @@ OUTPUTS = ('usage.json', 'tokens.npy', 'files.txt', 'reconstruction.png')
 
 
 def parse_args(argv=None):
+    from mmbeit.engine.config_checks import CfgOptionsAction
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('config', help='tokenizer, VQ-KD or pretraining config')
     p.add_argument('images', help='an image file, a folder (searched recursively) or a text '
@@ -56,7 +57,7 @@ def parse_args(argv=None):
     p.add_argument('--top', type=int, default=10, help='most frequent codes to list')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--force', action='store_true', help='overwrite existing outputs')
-    p.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
+    p.add_argument('--cfg-options', nargs='+', action=CfgOptionsAction, metavar='KEY=VALUE',
                    help='override config settings, e.g. model.quantizer.num_tokens=1024')
     return p.parse_args(argv)
 
@@ -95,7 +96,7 @@ def load_image(path: str, size) -> torch.Tensor:
 
 
 def build_tokenizer(args):
-    from mmengine.config import Config, DictAction
+    from mmengine.config import Config
     from mmengine.logging import MMLogger
     from mmengine.registry import DefaultScope
 
@@ -107,9 +108,7 @@ def build_tokenizer(args):
     MMLogger.get_instance('tokenize_images', log_level='WARNING')
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
-        parser = argparse.ArgumentParser()
-        parser.add_argument('--o', nargs='+', action=DictAction)
-        cfg.merge_from_dict(parser.parse_args(['--o', *args.cfg_options]).o)
+        cfg.merge_from_dict(args.cfg_options)
     model_cfg = cfg.model
     if 'target_generator' in model_cfg:
         model_cfg = model_cfg.target_generator

@@ -29,7 +29,7 @@ import torch
 
 
 def parse_args(argv=None):
-    from mmengine.config import DictAction
+    from mmbeit.engine.config_checks import CfgOptionsAction
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('config', help='pretraining config with a HOGTokenizer target generator')
     p.add_argument('--out', required=True, help='codebook file to write (.pth)')
@@ -38,7 +38,7 @@ def parse_args(argv=None):
     p.add_argument('--iters', type=int, default=30, help='k-means iterations (default 30)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--force', action='store_true', help='replace an existing --out')
-    p.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
+    p.add_argument('--cfg-options', nargs='+', action=CfgOptionsAction, metavar='KEY=VALUE',
                    help='override config settings, as in tools/train.py')
     return p.parse_args(argv)
 
