@@ -87,10 +87,12 @@ def main(argv=None) -> int:
                  f'--device cpu')
 
     from mmbeit.apis import inference_classifier, inference_segmentor, init_model, model_task
+    from mmbeit.engine.config_checks import UnknownConfigKeyError
     try:
         model = init_model(args.config, args.checkpoint, device=args.device,
                            cfg_options=args.cfg_options)
-    except (FileNotFoundError, ValueError) as exc:  # CheckpointError is a ValueError
+    except (FileNotFoundError, ValueError, UnknownConfigKeyError) as exc:
+        # CheckpointError is a ValueError; UnknownConfigKeyError names a misspelt key
         sys.exit(f'infer.py: {exc}')
     classes = model.dataset_meta.get('classes')
     task = model_task(model)

@@ -12,6 +12,7 @@ import sys
 from mmengine.config import ConfigDict
 
 from mmbeit.checkpoint import CheckpointError
+from mmbeit.engine.config_checks import UnknownConfigKeyError
 from mmbeit.engine.runtime import add_config_args, load_config, parse_tool_args, run
 
 
@@ -33,7 +34,10 @@ def main(argv=None) -> int:
             sys.exit(f'test.py: {what} file {path!r} does not exist')
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
         sys.exit(f'test.py: --out must name a .pkl file, got {args.out!r}')
-    cfg = load_config(args.config, args.launcher, args.cfg_options, args.work_dir)
+    try:
+        cfg = load_config(args.config, args.launcher, args.cfg_options, args.work_dir)
+    except UnknownConfigKeyError as exc:
+        sys.exit(f'test.py: {exc}')
     if cfg.get('test_dataloader') is None or cfg.get('test_evaluator') is None:
         sys.exit(f'test.py: {args.config} defines no test_dataloader / test_evaluator')
     cfg.load_from, cfg.resume = args.checkpoint, False

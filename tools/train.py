@@ -12,6 +12,7 @@ from mmengine.config import Config
 from mmengine.logging import print_log
 
 from mmbeit.checkpoint import CheckpointError
+from mmbeit.engine.config_checks import UnknownConfigKeyError
 from mmbeit.engine.runtime import add_config_args, check_work_dir, load_config, parse_tool_args, run
 
 
@@ -113,7 +114,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if not osp.isfile(args.config):
         sys.exit(f'train.py: config file {args.config!r} does not exist')
-    cfg = load_config(args.config, args.launcher, args.cfg_options, args.work_dir)
+    try:
+        cfg = load_config(args.config, args.launcher, args.cfg_options, args.work_dir)
+    except UnknownConfigKeyError as exc:
+        sys.exit(f'train.py: {exc}')
     cfg = merge_args(cfg, args)
     check_work_dir(cfg.work_dir, cfg.get('resume', False), args.overwrite)
     try:

@@ -224,8 +224,10 @@ def init_model(config: Union[str, os.PathLike, Config],
 
     import mmbeit.engine  # noqa: F401  (fills mmbeit's registries)
     import mmbeit.models  # noqa: F401
+    from mmbeit.engine.config_checks import check_model_config
     from mmbeit.registry import MODELS
     scope = cfg.get('default_scope', 'mmbeit')
+    check_model_config(cfg.model, MODELS, scope)  # a misspelt key names path and class
     with DefaultScope.overwrite_default_scope(scope):
         model = MODELS.build(cfg.model)
 

@@ -157,11 +157,16 @@ def parse_tool_args(parser, argv=None):
 
 
 def load_config(path: str, launcher: str, cfg_options=None, work_dir=None) -> Config:
-    """Read a config and apply the flags train.py and test.py share."""
+    """Read a config, apply the flags train.py and test.py share, and check the model
+    config's keys (:func:`~mmbeit.engine.config_checks.check_model_config`: a misspelt key
+    raises ``UnknownConfigKeyError`` naming its path and the closest valid names)."""
     cfg = Config.fromfile(path)
     cfg.launcher = launcher
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
+    if cfg.get('model') is not None:  # a misspelt key: the path, the class, the close names
+        from mmbeit.engine.config_checks import check_model_config
+        check_model_config(cfg.model, scope=cfg.get('default_scope', 'mmbeit'))
     if work_dir is not None:
         cfg.work_dir = work_dir
     elif cfg.get('work_dir') is None:

@@ -280,6 +280,12 @@ def test_init_model_errors(tmp_path, demo_data, seg_ckpt):
     with pytest.raises(ValueError, match=r"cut\.pth.*truncated"):
         init_model(SEG_CFG, tmp_path / 'cut.pth', cfg_options=seg_options(demo_data))
 
+    # a misspelt model key names its path, the class and the close name
+    with pytest.raises(TypeError, match=r"model\.backbone\.out_indeces: BEiTViT .*did you mean "
+                                        r"'out_indices'"):
+        init_model(SEG_CFG, seg_ckpt, cfg_options={**seg_options(demo_data),
+                                                   'model.backbone.out_indeces': [3]})
+
     # no test pipeline
     cfg = Config.fromfile(SEG_CFG)
     cfg.merge_from_dict(SEG_TINY)
