@@ -37,9 +37,9 @@ with fixed-shape ``torch.where`` and ``num_restarted`` is a device counter.
 from typing import Dict, Optional, Tuple
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from mmengine.dist import all_reduce, broadcast, is_main_process
 
 from mmbeit.checkpoint import note_dropped
 
@@ -82,26 +82,6 @@ def _count_ids(idx: torch.Tensor, num: int, dtype: torch.dtype) -> torch.Tensor:
     ``torch.bincount`` sizes its output from the input's maximum, a host read on CUDA."""
     out = torch.zeros(num, dtype=dtype, device=idx.device)
     return out.index_add_(0, idx, torch.ones(idx.shape, dtype=dtype, device=idx.device))
-
-
-def _dist_on() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _all_reduce_(tensor: torch.Tensor) -> torch.Tensor:
-    if _dist_on():
-        dist.all_reduce(tensor)
-    return tensor
-
-
-def _broadcast_(tensor: torch.Tensor) -> torch.Tensor:
-    if _dist_on():
-        dist.broadcast(tensor, src=0)
-    return tensor
-
-
-def _is_rank0() -> bool:
-    return not _dist_on() or dist.get_rank() == 0
 
 
 def spherical_kmeans(x: torch.Tensor, num_clusters: int, iters: int = 10,
@@ -223,10 +203,10 @@ class NormEMAQuantizer(nn.Module):
     def _kmeans_init_(self, z: torch.Tensor) -> None:
         means = torch.empty_like(self.embedding.weight)
         counts = torch.zeros_like(self.cluster_size)
-        if _is_rank0():
+        if is_main_process():
             means, counts = spherical_kmeans(z, self.num_tokens, self.kmeans_iters)
-        _broadcast_(means)
-        _broadcast_(counts)
+        broadcast(means)
+        broadcast(counts)
         self.embedding.weight.copy_(means)
         self.cluster_size.copy_(counts)
         self.embedding.initted.fill_(1.0)
@@ -236,8 +216,8 @@ class NormEMAQuantizer(nn.Module):
     def _ema_update_(self, z: torch.Tensor, idx: torch.Tensor) -> None:
         counts = _count_ids(idx, self.num_tokens, z.dtype)  # [K]
         sums = torch.zeros_like(self.embedding.weight).index_add_(0, idx, z)  # [K, d]
-        _all_reduce_(counts)
-        _all_reduce_(sums)
+        all_reduce(counts)
+        all_reduce(sums)
         self.usage_counts.add_(counts.to(self.usage_counts.dtype))
         self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         means = F.normalize(sums / counts.clamp(min=1).unsqueeze(1), dim=1)
@@ -257,12 +237,12 @@ class NormEMAQuantizer(nn.Module):
         dead = self.cluster_size < self.dead_code_threshold  # [K]
         m, k = z.shape[0], self.num_tokens
         new = torch.empty(k, self.embed_dims, device=z.device, dtype=z.dtype)
-        if _is_rank0():
+        if is_main_process():
             rows = (torch.randperm(m, device=z.device)[:k] if m >= k else
                     torch.randint(0, m, (k, ), device=z.device))
             rank = (torch.cumsum(dead, 0) - 1).clamp(min=0)  # [K] index among dead codes
             new = z[rows[rank]]  # [K, d]: dead code i gets the row drawn i-th
-        _broadcast_(new)
+        broadcast(new)
         self.embedding.weight.copy_(torch.where(dead.unsqueeze(1), new, self.embedding.weight))
         # A restarted code gets the threshold as its count, so it has one EMA step's
         # grace before it can be restarted again.
