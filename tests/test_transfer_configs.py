@@ -1,150 +1,160 @@
 """Every downstream config under configs/*/benchmarks/ loads what our own pretraining
 writes (issue 6): the pretraining model of the matching recipe config is built, its
 state dict saved as a run saves it, and each downstream model is built and initialised
-from that file through its own init_cfg, with no conversion step. The 384 config then
-starts from a checkpoint of the 224 fine-tuning config. One fresh process; base and
-large sizes, random weights (nothing can be downloaded here)."""
-import json
+from that file through its own init_cfg, with no conversion step. The 384 config starts
+from a checkpoint of the 224 fine-tuning config instead. One test case per downstream
+config, in this process; each pretraining checkpoint is written once and reused by the
+cases after it. Base and large sizes, random weights (nothing can be downloaded here)."""
+import functools
+import glob
 
-from _helpers import ROOT, run_tool
-
-SCRIPT = r'''
-import json, sys
+import pytest
 import torch
+from _helpers import ROOT
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
-import mmbeit, mmbeit.engine, mmbeit.models  # noqa
-from mmbeit.engine.runtime import replace_sync_bn
-from mmbeit.registry import MODELS
 
-torch.set_num_threads(2)
-tmp, plan = sys.argv[1], json.loads(sys.argv[2])
-backbone_only = sys.argv[4] == 'backbone'
+C = f'{ROOT}/configs'
+DOWNSTREAM = sorted(p.split('/configs/')[1]
+                    for p in glob.glob(f'{C}/*/benchmarks/*.py'))
+FT_224 = 'beit/benchmarks/beit_vit-base_ft-100e_in1k.py'
+FT_384 = 'beit/benchmarks/beit_vit-base_ft-10e_in1k-384.py'
+FC_NORM = ['fc_norm.bias', 'fc_norm.weight']
+
+# downstream config -> (pretraining config it starts from, what is built, number of blocks,
+# patch grid, backbone tensors left at their init). Large configs: backbones only (the
+# loading is the backbone's; full ViT-L models with their tokenizers would take minutes
+# here): the settings of each large downstream config must fit what the large pretraining
+# config's backbone writes.
+PLAN = {
+    'beitv2/benchmarks/beitv2_vit-base_ft-100e_in1k.py':
+        ('beitv2/beitv2_vit-base_300e.py', 'model', 12, 14, FC_NORM),
+    'beitv2/benchmarks/beitv2_vit-base_linear-100e_in1k.py':  # keeps the final norm
+        ('beitv2/beitv2_vit-base_300e.py', 'model', 12, 14, []),
+    'beitv2/benchmarks/beitv2_vit-base_upernet-160k_ade20k-512.py':
+        ('beitv2/beitv2_vit-base_300e.py', 'model', 12, 32, []),
+    FT_224: ('beit/beit_vit-base_800e.py', 'model', 12, 14, FC_NORM),
+    'beit/benchmarks/beit_vit-base_linear-layer9-100e_in1k.py':
+        ('beit/beit_vit-base_800e.py', 'model', 12, 14, []),
+    'beit/benchmarks/beit_vit-base_upernet-160k_ade20k-640.py':
+        ('beit/beit_vit-base_800e.py', 'model', 12, 40, []),
+    'beitv2/benchmarks/beitv2_vit-large_ft-50e_in1k.py':
+        ('beitv2/beitv2_vit-large_300e.py', 'backbone', 24, 14, FC_NORM),
+    'beitv2/benchmarks/beitv2_vit-large_upernet-160k_ade20k-512.py':
+        ('beitv2/beitv2_vit-large_300e.py', 'backbone', 24, 32, []),
+    'beit/benchmarks/beit_vit-large_ft-50e_in1k.py':
+        ('beit/beit_vit-large_800e.py', 'backbone', 24, 14, FC_NORM),
+}
 
 
-def build(cfg):
+@pytest.fixture(scope='module', autouse=True)
+def two_threads():
+    """Two intra-op threads for the ViT-B/L initialisations; the caches are emptied at the
+    end of the module (they hold base and large state dicts)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+    pretraining.cache_clear()
+    finetuned_224.cache_clear()
+
+
+@pytest.fixture(scope='module')
+def ckpt_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp('transfer_ckpts')
+
+
+def build(cfg, part):
+    import mmbeit.engine  # noqa: F401
+    import mmbeit.models  # noqa: F401
+    from mmbeit.registry import MODELS
     with DefaultScope.overwrite_default_scope('mmbeit'):
-        if backbone_only:  # the backbone part of the config, keys as in the full model
+        if part == 'backbone':  # the backbone part of the config, keys as in the full model
             model = torch.nn.Module()
             model.backbone = MODELS.build(cfg.model.backbone)
             return model
         return MODELS.build(cfg.model)
 
 
-def save(model, name):
-    path = f'{tmp}/{name}.pth'
+def save(model, path):
     torch.save({'meta': {'epoch': 1}, 'state_dict': model.state_dict()}, path)
-    return path
+    return str(path)
 
 
-results = {}
-ft_ckpt = None  # the 224 classifier, written when the v1 base fine-tune config is in the plan
-for pre_path, downstream in plan.items():
-    cfg = Config.fromfile(pre_path)
-    tg = cfg.model.target_generator
+@functools.lru_cache(maxsize=1)  # the cases of one pretraining config run one after another
+def pretraining(name, part, ckpt_dir):
+    """The pretraining model of config ``name``, saved as a run saves it: (file, state)."""
+    cfg = Config.fromfile(f'{C}/{name}')
     for key in ('checkpoint', 'encoder_checkpoint'):
-        tg.pop(key, None)
-    pre = build(cfg)
-    if not backbone_only:
-        pre.init_weights()  # else torch's default init: random values all the same
-    ckpt = save(pre, 'pretrain')
-    sd = pre.state_dict()
-    del pre
-    for path in downstream:
-        dcfg = Config.fromfile(path)
-        replace_sync_bn(dcfg.model)
-        dcfg.model.backbone.init_cfg.checkpoint = ckpt
-        model = build(dcfg)
-        model.init_weights() if not backbone_only else model.backbone.init_weights()
-        got = model.backbone.state_dict()
-        equal = [k for k in got if f'backbone.{k}' in sd
-                 and torch.equal(got[k], sd[f'backbone.{k}'])]
-        tables = sorted({tuple(v.shape) for k, v in got.items()
-                         if k.endswith('relative_position_bias_table')})
-        shared = sd['backbone.rel_pos_bias.relative_position_bias_table']
-        first = got['blocks.0.attn.relative_position_bias_table']
-        results[path] = dict(n=len(got), equal=len(equal), tables=tables,
-                             table_is_shared=torch.equal(first, shared),
-                             fresh=sorted(k for k in got if f'backbone.{k}' not in sd
-                                          and not k.endswith('relative_position_bias_table')))
-        if path.endswith('beit_vit-base_ft-100e_in1k.py'):
-            ft_ckpt = save(model, 'finetuned')  # the classifier of the 224 run
-            ft_sd = model.state_dict()
-        del model
-    if ft_ckpt is not None:
-        hr = Config.fromfile(f'{sys.argv[3]}')
-        hr.model.backbone.init_cfg.checkpoint = ft_ckpt
-        hr.model.head.init_cfg.checkpoint = ft_ckpt
-        model = build(hr)
-        model.init_weights()
-        got = model.state_dict()
-        results['384'] = dict(
-            head=torch.equal(got['head.fc.weight'], ft_sd['head.fc.weight']),
-            fc_norm=torch.equal(got['backbone.fc_norm.weight'], ft_sd['backbone.fc_norm.weight']),
-            qkv=torch.equal(got['backbone.blocks.11.attn.qkv.weight'],
-                            ft_sd['backbone.blocks.11.attn.qkv.weight']),
-            table=list(got['backbone.blocks.0.attn.relative_position_bias_table'].shape))
-        ft_ckpt = None
-print('RESULTS' + json.dumps(results))
-'''
-
-C = f'{ROOT}/configs'
+        cfg.model.target_generator.pop(key, None)
+    model = build(cfg, part)
+    if part == 'model':
+        model.init_weights()  # else torch's default init: random values all the same
+    path = save(model, ckpt_dir / f'{name.replace("/", "_")}-{part}.pth')
+    return path, model.state_dict()
 
 
-def _run(tmp_path, plan, hr='', part='model'):
-    out = run_tool(['-c', SCRIPT, tmp_path, json.dumps(plan), hr, part], timeout=900)
-    line = next(ln for ln in out.stdout.splitlines() if ln.startswith('RESULTS'))
-    return json.loads(line[len('RESULTS'):])
+def initialised(name, ckpt, part):
+    """Downstream config ``name`` built and initialised from ``ckpt`` by its init_cfg."""
+    from mmbeit.engine.runtime import replace_sync_bn
+    cfg = Config.fromfile(f'{C}/{name}')
+    replace_sync_bn(cfg.model)
+    cfg.model.backbone.init_cfg.checkpoint = ckpt
+    model = build(cfg, part)
+    model.init_weights() if part == 'model' else model.backbone.init_weights()
+    return model
 
 
-def check_downstream(res, name, n_blocks, grid, fresh):
-    r = next(v for k, v in res.items() if k.endswith(name))
-    assert r['fresh'] == fresh, name
+@functools.lru_cache(maxsize=1)
+def finetuned_224(ckpt_dir):
+    """The classifier of the 224 fine-tuning run, started from the v1 pretraining and
+    saved: (file, state)."""
+    pre_name, part = PLAN[FT_224][:2]
+    ckpt, _ = pretraining(pre_name, part, ckpt_dir)
+    model = initialised(FT_224, ckpt, part)
+    return save(model, ckpt_dir / 'finetuned_224.pth'), model.state_dict()
+
+
+def test_every_downstream_config_has_a_plan():
+    assert sorted(set(PLAN) | {FT_384}) == DOWNSTREAM, \
+        'add each new configs/*/benchmarks/ config to PLAN in this file'
+
+
+@pytest.mark.parametrize('name', sorted(PLAN), ids=sorted(PLAN))
+def test_downstream_config_loads_its_pretraining(name, ckpt_dir):
+    pre_name, part, n_blocks, grid, fresh = PLAN[name]
+    ckpt, sd = pretraining(pre_name, part, ckpt_dir)
+    if name == FT_224:
+        ckpt_ft, ft_sd = finetuned_224(ckpt_dir)  # the model the 384 case starts from
+        got = {k[len('backbone.'):]: v for k, v in ft_sd.items() if k.startswith('backbone.')}
+    else:
+        got = initialised(name, ckpt, part).backbone.state_dict()
+    assert sorted(k for k in got if f'backbone.{k}' not in sd
+                  and not k.endswith('relative_position_bias_table')) == fresh
     # every backbone tensor but the fresh ones and the (expanded / resized) tables is the
     # pretraining tensor, bit for bit
-    assert r['equal'] == r['n'] - len(fresh) - n_blocks, name
-    t = (2 * grid - 1) ** 2 + 3
-    assert [s[0] for s in r['tables']] == [t], name
-    assert r['table_is_shared'] == (grid == 14), name
+    equal = [k for k in got if f'backbone.{k}' in sd and torch.equal(got[k], sd[f'backbone.{k}'])]
+    assert len(equal) == len(got) - len(fresh) - n_blocks
+    tables = sorted({tuple(v.shape) for k, v in got.items()
+                     if k.endswith('relative_position_bias_table')})
+    assert [s[0] for s in tables] == [(2 * grid - 1) ** 2 + 3]
+    # at the pretraining grid (14 x 14), each block's table is the shared one as written
+    shared = sd['backbone.rel_pos_bias.relative_position_bias_table']
+    first = got['blocks.0.attn.relative_position_bias_table']
+    assert torch.equal(first, shared) == (grid == 14)
 
 
-def test_v2_base_downstream_configs_load_the_v2_pretraining(tmp_path):
-    plan = {f'{C}/beitv2/beitv2_vit-base_300e.py': [
-        f'{C}/beitv2/benchmarks/beitv2_vit-base_ft-100e_in1k.py',
-        f'{C}/beitv2/benchmarks/beitv2_vit-base_linear-100e_in1k.py',
-        f'{C}/beitv2/benchmarks/beitv2_vit-base_upernet-160k_ade20k-512.py']}
-    res = _run(tmp_path, plan)
-    check_downstream(res, 'beitv2_vit-base_ft-100e_in1k.py', 12, 14,
-                     ['fc_norm.bias', 'fc_norm.weight'])
-    check_downstream(res, 'beitv2_vit-base_linear-100e_in1k.py', 12, 14, [])  # keeps norm
-    check_downstream(res, 'beitv2_vit-base_upernet-160k_ade20k-512.py', 12, 32, [])
-
-
-def test_v1_base_downstream_configs_load_the_v1_pretraining_and_384_the_224_run(tmp_path):
-    plan = {f'{C}/beit/beit_vit-base_800e.py': [
-        f'{C}/beit/benchmarks/beit_vit-base_ft-100e_in1k.py',
-        f'{C}/beit/benchmarks/beit_vit-base_linear-layer9-100e_in1k.py',
-        f'{C}/beit/benchmarks/beit_vit-base_upernet-160k_ade20k-640.py']}
-    res = _run(tmp_path, plan, hr=f'{C}/beit/benchmarks/beit_vit-base_ft-10e_in1k-384.py')
-    check_downstream(res, 'beit_vit-base_ft-100e_in1k.py', 12, 14,
-                     ['fc_norm.bias', 'fc_norm.weight'])
-    check_downstream(res, 'beit_vit-base_linear-layer9-100e_in1k.py', 12, 14, [])
-    check_downstream(res, 'beit_vit-base_upernet-160k_ade20k-640.py', 12, 40, [])
-    assert res['384'] == dict(head=True, fc_norm=True, qkv=True, table=[47 * 47 + 3, 12])
-
-
-def test_large_downstream_configs_load_the_large_pretrainings(tmp_path):
-    # Backbones only (the loading is the backbone's; full ViT-L models with their
-    # tokenizers would take minutes here): the settings of each large downstream config
-    # must fit what the large pretraining config's backbone writes.
-    res = _run(tmp_path, {f'{C}/beitv2/beitv2_vit-large_300e.py': [
-        f'{C}/beitv2/benchmarks/beitv2_vit-large_ft-50e_in1k.py',
-        f'{C}/beitv2/benchmarks/beitv2_vit-large_upernet-160k_ade20k-512.py']},
-        part='backbone')
-    check_downstream(res, 'beitv2_vit-large_ft-50e_in1k.py', 24, 14,
-                     ['fc_norm.bias', 'fc_norm.weight'])
-    check_downstream(res, 'beitv2_vit-large_upernet-160k_ade20k-512.py', 24, 32, [])
-    res = _run(tmp_path, {f'{C}/beit/beit_vit-large_800e.py': [
-        f'{C}/beit/benchmarks/beit_vit-large_ft-50e_in1k.py']}, part='backbone')
-    check_downstream(res, 'beit_vit-large_ft-50e_in1k.py', 24, 14,
-                     ['fc_norm.bias', 'fc_norm.weight'])
+def test_384_config_starts_from_the_224_run(ckpt_dir):
+    ckpt, ft_sd = finetuned_224(ckpt_dir)
+    cfg = Config.fromfile(f'{C}/{FT_384}')
+    cfg.model.backbone.init_cfg.checkpoint = ckpt
+    cfg.model.head.init_cfg.checkpoint = ckpt
+    model = build(cfg, 'model')
+    model.init_weights()
+    got = model.state_dict()
+    for key in ('head.fc.weight', 'backbone.fc_norm.weight',
+                'backbone.blocks.11.attn.qkv.weight'):
+        assert torch.equal(got[key], ft_sd[key]), key
+    # 384 px / 16 = a 24 x 24 grid: (2 * 24 - 1)^2 + 3 relative positions, 12 heads
+    table = got['backbone.blocks.0.attn.relative_position_bias_table']
+    assert list(table.shape) == [47 * 47 + 3, 12]
