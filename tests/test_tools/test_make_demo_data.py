@@ -35,8 +35,11 @@ def test_existing_output_is_kept_unless_forced(tmp_path):
     run_tool(['tools/misc/make_demo_data.py', '--out', tmp_path / 'd', *SMALL])
     marker = tmp_path / 'd' / 'mine.txt'
     marker.write_text('user data')
-    out = run_tool(['tools/misc/make_demo_data.py', '--out', tmp_path / 'd', *SMALL])
-    assert 'keeping it' in out.stdout and marker.exists()
+    before = digest(tmp_path / 'd')
+    out = run_tool(['tools/misc/make_demo_data.py', '--out', tmp_path / 'd', '--seed', '1',
+                    *SMALL])
+    assert digest(tmp_path / 'd') == before  # not one file rewritten (another seed asked)
+    assert str(tmp_path / 'd') in out.stdout and '--force' in out.stdout  # what and the fix
     run_tool(['tools/misc/make_demo_data.py', '--out', tmp_path / 'd', '--force', *SMALL])
     assert not marker.exists() and (tmp_path / 'd' / 'imagenet' / 'meta' / 'val.txt').exists()
 

@@ -127,9 +127,10 @@ def test_tool_end_to_end_random_init_and_checkpoint(tmp_path, capsys):
     out = tmp_path / 'res' / 'probe.json'
     assert tool_main(TOOL, cfg, '--out', out) == ''
     printed = capsys.readouterr().out
-    assert 'random init (seed 0)' in printed
-    assert '| features | red | green | blue | mean |' in printed
     res = json.loads(out.read_text())
+    assert res['checkpoint'] is None  # no --checkpoint: the random initialisation
+    assert res['classes'] == ['red', 'green', 'blue']
+    assert _module().format_table(res) in printed  # the table printed is the file's
     # every aligned block is pure, so every labelled block is a probe sample
     assert res['patches'] == {'train': counts['training'], 'val': counts['validation']}
     assert list(res['results']) == ['block 0', 'block 1', 'all']

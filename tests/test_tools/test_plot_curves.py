@@ -82,7 +82,7 @@ def test_load_scalars_splits_train_and_val(pc, tmp_path):
     assert (run.name, run.skipped, run.val_after) == ('w', 1, [4, 8, 12])
 
 
-def test_cli_newest_run_default_keys_and_table(tmp_path):
+def test_cli_newest_run_default_keys_and_table(pc, tmp_path):
     work = tmp_path / 'my_run'
     write_run(work, epoch_rows(offset=100.0), stamp='20260101_000000')  # older
     rows = epoch_rows()
@@ -91,9 +91,11 @@ def test_cli_newest_run_default_keys_and_table(tmp_path):
     out.parent.mkdir(parents=True)
     out.write_bytes(b'old')  # replaced
     proc = run_tool([TOOL, work, '--out', out])
-    assert f'my_run: {newest} (6 train / 3 val lines, val step = epoch, newest of 2 runs ' \
-           f'under {work})' in proc.stdout
-    assert proc.stdout.rstrip().endswith(f'saved {out} (7 subplots)')
+    # the newest of the two runs is read (and named in the output), the older one not
+    run = pc.load_run(work)
+    assert str(run.path) == str(newest) and (len(run.train), len(run.val)) == (6, 3)
+    assert str(newest) in proc.stdout and '20260101_000000' not in proc.stdout
+    assert str(out) in proc.stdout.splitlines()[-1]  # the file written
     with Image.open(out) as im:
         assert im.format == 'PNG' and im.size[0] > 500
     assert os.listdir(out.parent) == ['curves.png']  # no temporary file left
