@@ -1,11 +1,30 @@
-"""Shared fixtures: generated demo data.
+"""Shared fixtures (generated demo data, one torch thread) and the ``slow`` marker.
 
 Tools run in fresh Python processes (``_helpers.run_tool``) because registration and
 default-scope state leak between tests that share one interpreter.
+
+Tests marked ``@pytest.mark.slow`` (more than about 10 s here: whole tool runs, base and
+large models) are deselected by a plain ``python -m pytest tests``, for quick local runs.
+``--run-slow`` keeps them, and so does an explicit ``-m`` expression (``-m slow`` runs
+only them); ``tools/run_tests.sh``, what CI runs, passes ``--run-slow``.
 """
 import pytest
 import torch
 from _helpers import run_tool
+
+
+def pytest_addoption(parser):
+    parser.addoption('--run-slow', action='store_true', default=False,
+                     help='also run the tests marked slow (tools/run_tests.sh and CI do)')
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption('--run-slow') or config.getoption('markexpr'):
+        return
+    slow = [item for item in items if item.get_closest_marker('slow')]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker('slow')]
 
 
 @pytest.fixture(scope='session')

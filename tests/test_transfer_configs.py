@@ -20,6 +20,9 @@ DOWNSTREAM = sorted(p.split('/configs/')[1]
 FT_224 = 'beit/benchmarks/beit_vit-base_ft-100e_in1k.py'
 FT_384 = 'beit/benchmarks/beit_vit-base_ft-10e_in1k-384.py'
 FC_NORM = ['fc_norm.bias', 'fc_norm.weight']
+# base and large models: about 90 s for the module here, most of it in the first case of
+# each pretraining config (all marked, so that the cached checkpoints are shared)
+pytestmark = pytest.mark.slow
 
 # downstream config -> (pretraining config it starts from, what is built, number of blocks,
 # patch grid, backbone tensors left at their init). Large configs: backbones only (the

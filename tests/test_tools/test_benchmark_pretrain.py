@@ -12,6 +12,7 @@ from _helpers import ROOT, run_tool
 TOOL = osp.join(ROOT, 'tools', 'analysis_tools', 'benchmark_pretrain.py')
 
 
+@pytest.mark.slow  # about 14 s: timed training steps
 def test_tiny_run_prints_table_and_json(tmp_path):
     out_json = tmp_path / 'bench.json'
     proc = run_tool([TOOL, '--arch', 'tiny', '--batch', '2', '--iters', '1', '--warmup', '1',

@@ -21,6 +21,7 @@ def load(name):
     return module
 
 
+@pytest.mark.slow  # about 45 s: every part of the suite, one process each
 def test_cpu_smoke_runs_every_part(tmp_path):
     out, work = tmp_path / 'out', tmp_path / 'work'
     proc = run_tool([SUITE, '--device', 'cpu', '--smoke', '--out', out, '--work', work],

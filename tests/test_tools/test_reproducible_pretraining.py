@@ -3,10 +3,14 @@
 seed gives in one process; and a run interrupted and resumed ends with bit-identical
 weights to the uninterrupted run (crops, flips, jitter, masks and drop path replayed)."""
 
+import pytest
 import torch
 from _helpers import ROOT, free_port, run_tool
 
 from mmbeit.checkpoint import read_checkpoint
+
+# training runs through the tools: about 12 s (two ranks) and 23 s (three runs) here
+pytestmark = pytest.mark.slow
 
 PIPELINE = """[
     dict(type='mmbeit.LoadImageRGB'),
