@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from _helpers import ROOT, run_tool
+from _helpers import ROOT, free_port, run_tool
 from PIL import Image
 
 from mmbeit.checkpoint import read_state_dict
@@ -46,6 +46,7 @@ def scalars(work):
     return [json.loads(line) for line in files[0].read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_vqkd_trains_logs_usage_and_tokenizes(tmp_path, demo_data):
     cfg = write_vqkd_config(tmp_path, demo_data)
     work = tmp_path / 'work'
@@ -118,6 +119,7 @@ def test_dead_code_restart_option_trains(tmp_path, demo_data):
     assert restarted == sorted(restarted) and restarted[-1] > 0
 
 
+@pytest.mark.slow
 def test_dalle_tool_writes_reconstruction(tmp_path):
     from mmbeit.models.tokenizers.dall_e import DALLEDecoder, DALLEEncoder
     torch.manual_seed(0)
@@ -170,17 +172,17 @@ class StateProbeHook(Hook):
 '''
 
 
+@pytest.mark.slow
 def test_two_cpu_ranks_keep_one_codebook(tmp_path, demo_data):
     """tools/dist_train.sh with 2 gloo ranks: k-means on rank 0 + broadcast, all-reduced
     EMA statistics and DDP gradients leave both ranks with the same tokenizer."""
-    import random
     (tmp_path / 'state_probe.py').write_text(PROBE)
     extra = ("custom_imports = dict(imports=['state_probe'], allow_failed_imports=False)\n"
              "custom_hooks = [dict(type='CodebookUsageHook', window=4), "
              f"dict(type='StateProbeHook', out='{tmp_path}')]\n")
     cfg = write_vqkd_config(tmp_path, demo_data, max_iters=4, extra=extra)
     run_tool(['tools/dist_train.sh', cfg, '2', '--work-dir', tmp_path / 'work'],
-             env={'PORT': str(random.randint(20000, 40000)),
+             env={'PORT': str(free_port()),
                   'PYTHONPATH': f'{ROOT}:{tmp_path}'})
     r0, r1 = (torch.load(tmp_path / f'rank{r}.pt', weights_only=True) for r in (0, 1))
     assert r0['wrapper'] == 'MMDistributedDataParallel'
