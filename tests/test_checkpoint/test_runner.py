@@ -35,7 +35,7 @@ def _runner(cls, work_dir, max_epochs, **kwargs):
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1)),
         train_cfg=dict(by_epoch=True, max_epochs=max_epochs),
         default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=1)),
-        default_scope='mmengine', randomness=dict(seed=0), **kwargs)
+        default_scope='mmbeit', randomness=dict(seed=0), **kwargs)
 
 
 def test_resume_a_checkpoint_written_by_stock_mmengine(tmp_path):

@@ -171,11 +171,13 @@ def test_hf_bare_beit_model_and_abs_pos():
 def _mmseg_head_keys():
     """Key names of mmseg's UPerHead + FCNHead (what HF's heads mirror)."""
     pytest.importorskip('mmseg')
+    from mmengine.registry import DefaultScope
     from mmseg.models.decode_heads import FCNHead, UPerHead
-    uper = UPerHead(in_channels=[D] * 4, in_index=[0, 1, 2, 3], pool_scales=(1, 2),
-                    channels=16, num_classes=5)
-    fcn = FCNHead(in_channels=D, in_index=2, channels=16, num_convs=1, concat_input=False,
-                  num_classes=5)
+    with DefaultScope.overwrite_default_scope('mmseg'):  # their losses are mmseg's
+        uper = UPerHead(in_channels=[D] * 4, in_index=[0, 1, 2, 3], pool_scales=(1, 2),
+                        channels=16, num_classes=5)
+        fcn = FCNHead(in_channels=D, in_index=2, channels=16, num_convs=1,
+                      concat_input=False, num_classes=5)
     return ({'decode_head.' + k: v for k, v in uper.state_dict().items()},
             {'auxiliary_head.' + k: v for k, v in fcn.state_dict().items()})
 
