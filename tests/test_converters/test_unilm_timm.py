@@ -149,13 +149,15 @@ def test_unilm_pretrain_layout(v2):
 
 def _mmseg_parts():
     pytest.importorskip('mmseg')
+    from mmengine.registry import DefaultScope
     from mmseg.models.decode_heads import FCNHead, UPerHead
     from mmseg.models.necks import Feature2Pyramid
-    neck = Feature2Pyramid(embed_dim=D, rescales=[4, 2, 1, 0.5])
-    uper = UPerHead(in_channels=[D] * 4, in_index=[0, 1, 2, 3], pool_scales=(1, 2),
-                    channels=16, num_classes=5)
-    fcn = FCNHead(in_channels=D, in_index=2, channels=16, num_convs=1, concat_input=False,
-                  num_classes=5)
+    with DefaultScope.overwrite_default_scope('mmseg'):  # their losses are mmseg's
+        neck = Feature2Pyramid(embed_dim=D, rescales=[4, 2, 1, 0.5])
+        uper = UPerHead(in_channels=[D] * 4, in_index=[0, 1, 2, 3], pool_scales=(1, 2),
+                        channels=16, num_classes=5)
+        fcn = FCNHead(in_channels=D, in_index=2, channels=16, num_convs=1,
+                      concat_input=False, num_classes=5)
     return neck, uper, fcn
 
 
