@@ -30,6 +30,7 @@ from mmbeit.checkpoint import (
 )
 from mmbeit.registry import MODELS
 
+from ..utils.init import trunc_normal_
 from ..utils.rel_pos import (
     RelativePositionBias,
     build_relative_position_index,
@@ -53,7 +54,7 @@ def beit_init_weights_(module: nn.Module, std: float = 0.02) -> None:
     """
     for m in module.modules():
         if isinstance(m, (nn.Linear, nn.Conv2d)):
-            nn.init.trunc_normal_(m.weight, std=std, a=-std, b=std)
+            trunc_normal_(m.weight, std=std, a=-std, b=std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.LayerNorm):
@@ -387,7 +388,7 @@ class BEiTViT(BaseModule):
         beit_init_weights_(self)
         for p in (self.cls_token, self.mask_token, self.pos_embed):
             if p is not None:
-                nn.init.trunc_normal_(p, std=0.02, a=-0.02, b=0.02)
+                trunc_normal_(p, std=0.02, a=-0.02, b=0.02)
         for m in self.modules():
             table = getattr(m, 'relative_position_bias_table', None)
             if isinstance(table, nn.Parameter):

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from mmengine.model import BaseModule
 
 from mmbeit.models.utils.arg_checks import check_int, check_number
+from mmbeit.models.utils.init import trunc_normal_
 from mmbeit.registry import MODELS
 
 __all__ = ['MIMHead']
@@ -45,7 +46,7 @@ class MIMHead(BaseModule):
     def init_weights(self) -> None:
         if self.init_cfg is not None:
             return super().init_weights()
-        nn.init.trunc_normal_(self.lm_head.weight, std=0.02, a=-0.02, b=0.02)
+        trunc_normal_(self.lm_head.weight, std=0.02, a=-0.02, b=0.02)
         nn.init.zeros_(self.lm_head.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
