@@ -229,9 +229,8 @@ def load_state_dict_checked(module: nn.Module, state_dict: MappingT[str, torch.T
         else:
             report.fresh.append((key, why))
     report.unexpected = list(result.unexpected_keys)
-    bad = set(report.missing) | set(mismatched)
-    report.loaded = [k for k in module.state_dict() if k not in bad
-                     and k not in dict(report.fresh)]
+    not_loaded = set(report.missing) | set(mismatched) | {k for k, _ in report.fresh}
+    report.loaded = [k for k in module.state_dict() if k not in not_loaded]
     if strict and not report.ok:
         raise CheckpointMismatchError(
             f'{source} does not fit {report.target}:\n  ' + '\n  '.join(report.problems()),
