@@ -236,14 +236,11 @@ def init_model(config: Union[str, os.PathLike, Config],
         model.init_weights()
     else:
         ckpt = read_checkpoint(checkpoint, map_location='cpu')
-        try:
-            load_state_dict_checked(model, unwrap_state_dict(ckpt)[0],
-                                    source=repr(checkpoint), log=False)
-        except CheckpointMismatchError as exc:
-            raise CheckpointMismatchError(
-                f'{exc}\n(model of config {_cfg_name(cfg)}.) Use the config the checkpoint '
-                f'was trained with; a checkpoint of another codebase needs '
-                f'tools/model_converters/convert_checkpoint.py first.', exc.report) from None
+        load_state_dict_checked(
+            model, unwrap_state_dict(ckpt)[0], source=repr(checkpoint), log=False,
+            hint=f'(model of config {_cfg_name(cfg)}.) Use the config the checkpoint was '
+            f'trained with; a checkpoint of another codebase needs '
+            f'tools/model_converters/convert_checkpoint.py first.')
 
     model.cfg = cfg
     model.dataset_meta = _dataset_meta(ckpt, cfg, scope)

@@ -148,22 +148,22 @@ _ACTIVE: contextvars.ContextVar[Optional[LoadReport]] = contextvars.ContextVar(
     'mmbeit_active_load_report', default=None)
 
 
-def note_adapted(keys: str, what: str, logger_prefix: str = '') -> None:
+def _note(kind: str, keys: str, text: str) -> None:
+    report = _ACTIVE.get()
+    if report is not None:
+        getattr(report, kind).append((keys, text))
+    else:
+        print_log(f'{kind} {keys}: {text}', logger='current')
+
+
+def note_adapted(keys: str, what: str) -> None:
     """Record that the load path changed ``keys`` (resized, expanded, renamed, ...)."""
-    report = _ACTIVE.get()
-    if report is not None:
-        report.adapted.append((keys, what))
-    else:
-        print_log(f'{logger_prefix}{keys}: {what}', logger='current')
+    _note('adapted', keys, what)
 
 
-def note_dropped(keys: str, why: str, logger_prefix: str = '') -> None:
+def note_dropped(keys: str, why: str) -> None:
     """Record that the load path left ``keys`` of the file out, and why."""
-    report = _ACTIVE.get()
-    if report is not None:
-        report.dropped.append((keys, why))
-    else:
-        print_log(f'{logger_prefix}dropped {keys}: {why}', logger='current')
+    _note('dropped', keys, why)
 
 
 def _matches(key: str, pattern: str) -> bool:
@@ -175,7 +175,7 @@ def _matches(key: str, pattern: str) -> bool:
 def load_state_dict_checked(module: nn.Module, state_dict: MappingT[str, torch.Tensor], *,
                             source: str, fresh_ok: Optional[Dict[str, str]] = None,
                             target: Optional[str] = None, log: bool = True,
-                            strict: bool = True) -> LoadReport:
+                            strict: bool = True, hint: str = '') -> LoadReport:
     """Load ``state_dict`` into ``module`` and check that it fits (module docstring).
 
     Args:
@@ -189,6 +189,7 @@ def load_state_dict_checked(module: nn.Module, state_dict: MappingT[str, torch.T
         log: log :meth:`LoadReport.table` (rank-0 logger) after a successful load.
         strict: raise :class:`CheckpointMismatchError` on any problem (default). With
             ``strict=False`` the problems are only reported: for tools that inspect a file.
+        hint: what the caller's user can do about a mismatch; the error's last line.
 
     Returns:
         LoadReport. If ``strict`` and something does not fit, the error is raised after
@@ -233,8 +234,8 @@ def load_state_dict_checked(module: nn.Module, state_dict: MappingT[str, torch.T
     report.loaded = [k for k in module.state_dict() if k not in not_loaded]
     if strict and not report.ok:
         raise CheckpointMismatchError(
-            f'{source} does not fit {report.target}:\n  ' + '\n  '.join(report.problems()),
-            report)
+            f'{source} does not fit {report.target}:\n  ' + '\n  '.join(report.problems())
+            + (f'\n{hint}' if hint else ''), report)
     if log:
         print_log(report.table(), logger='current')
     return report

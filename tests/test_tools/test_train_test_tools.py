@@ -180,7 +180,7 @@ def test_test_tool_refuses_a_checkpoint_that_does_not_fit(tmp_path, demo_data):
      "model.backbone.drop_pth_rate: BEiTViT (mmbeit.models.backbones.beit_vit) has no "
      "argument 'drop_pth_rate'; did you mean 'drop_path_rate'"),
     (['{cfg}', '--cfg-options', 'model.backbone.drop_path_rate=-0.1'],
-     'BEiTViT drop_path_rate must lie in [0, 1), got -0.1'),
+     'BEiTViT: drop_path_rate must be a finite number in [0, 1), got -0.1'),
     (['{cfg}', '--cfg-options', 'model.backbone.arch'], "'model.backbone.arch' has no \"=\""),
 ])
 def test_train_tool_bad_input(args, message, tmp_path, demo_data):

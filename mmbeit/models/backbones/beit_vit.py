@@ -30,6 +30,7 @@ from mmbeit.checkpoint import (
 )
 from mmbeit.registry import MODELS
 
+from ..utils.arg_checks import check_number
 from ..utils.init import trunc_normal_
 from ..utils.rel_pos import (
     RelativePositionBias,
@@ -310,9 +311,7 @@ class BEiTViT(BaseModule):
             raise ValueError("out_type='cls_token' needs final_norm=True")
         for name, rate in (('drop_rate', drop_rate), ('attn_drop_rate', attn_drop_rate),
                            ('drop_path_rate', drop_path_rate)):
-            if not 0 <= rate < 1:
-                raise ValueError(f'BEiTViT {name} must lie in [0, 1), got {rate} (it is a '
-                                 f'probability; 0 turns it off)')
+            check_number(rate, name, 'BEiTViT', low=0, high=1, high_open=True)
         self.img_size = to_2tuple(img_size)
         self.patch_size = patch_size
         self.patch_resolution = (self.img_size[0] // patch_size, self.img_size[1] // patch_size)
@@ -645,15 +644,12 @@ class BEiTViT(BaseModule):
             if keys:
                 dropped.append(('fc_norm.*', 'a classifier\'s pooling norm; this backbone has '
                                 f'none (out_type={self.out_type!r})'))
-        try:
-            report = load_state_dict_checked(
-                self, picked, source=source, fresh_ok=self.pretrained_fresh_ok(allow_fresh),
-                target=self._describe(), log=False)
-        except CheckpointMismatchError as exc:
-            raise CheckpointMismatchError(
-                f'{exc}\nMatch the backbone settings to the checkpoint, convert it with '
-                'tools/model_converters/convert_checkpoint.py, or, for a parameter that may '
-                "train from its init, name it in init_cfg's allow_fresh.", exc.report) from None
+        report = load_state_dict_checked(
+            self, picked, source=source, fresh_ok=self.pretrained_fresh_ok(allow_fresh),
+            target=self._describe(), log=False,
+            hint='Match the backbone settings to the checkpoint, convert it with '
+            'tools/model_converters/convert_checkpoint.py, or, for a parameter that may '
+            "train from its init, name it in init_cfg's allow_fresh.")
         report.dropped[:0] = dropped
         print_log(report.table(), logger='current')
         return report

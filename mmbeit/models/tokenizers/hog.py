@@ -42,7 +42,6 @@ from mmengine.model import BaseModule
 
 from mmbeit.checkpoint import (
     CheckpointError,
-    CheckpointMismatchError,
     CheckpointNotFoundError,
     load_state_dict_checked,
     read_checkpoint,
@@ -180,13 +179,10 @@ class HOGTokenizer(BaseModule):
                     if saved.get(k) != v}
             raise ValueError(f'{path} was fitted with other settings; (file, config): {diff}. '
                              'Fit a codebook for this config or change the config to match.')
-        try:
-            load_state_dict_checked(self, state, source=path,
-                                    target=f'HOGTokenizer ({self.vocab_size} tokens)')
-        except CheckpointMismatchError as exc:
-            raise CheckpointMismatchError(
-                f'{exc}\nA HOGTokenizer codebook file holds state_dict = {{codebook}} for '
-                f'these settings; {how}', exc.report) from None
+        load_state_dict_checked(
+            self, state, source=path, target=f'HOGTokenizer ({self.vocab_size} tokens)',
+            hint=f'A HOGTokenizer codebook file holds state_dict = {{codebook}} for these '
+            f'settings; {how}')
         if not self.fitted:
             raise ValueError(f'{path}: the codebook has rows that are not unit vectors; {how}')
 

@@ -58,7 +58,6 @@ from mmengine.model import BaseModule
 
 from mmbeit.checkpoint import (
     CheckpointError,
-    CheckpointMismatchError,
     format_keys,
     load_state_dict_checked,
     note_adapted,
@@ -202,11 +201,10 @@ class _FrozenTeacher:
             source += f', {others} other key(s) left out)' if others else ')'
             state_dict = kept
         try:
-            self.load_report = load_state_dict_checked(self, state_dict, source=source)
-        except CheckpointMismatchError as exc:
-            raise CheckpointMismatchError(
-                f'{exc}\nThe teacher is loaded strictly: check its settings (arch, '
-                'patch_size, img_size) against the checkpoint.', exc.report) from None
+            self.load_report = load_state_dict_checked(
+                self, state_dict, source=source,
+                hint='The teacher is loaded strictly: check its settings (arch, patch_size, '
+                'img_size) against the checkpoint.')
         except TeacherCheckpointError as exc:  # raised by a load hook, which has no file name
             raise TeacherCheckpointError(f'{source}: {exc}') from None
         self.loaded_from = filename

@@ -35,7 +35,6 @@ import torch.nn.functional as F
 from mmengine.model import BaseModel
 
 from mmbeit.checkpoint import (
-    CheckpointMismatchError,
     LoadReport,
     format_keys,
     load_state_dict_checked,
@@ -168,12 +167,10 @@ class VQKD(BaseModel):
         the load's report (also logged as one table)."""
         path = str(path)
         state = load_tokenizer_state_dict(path)
-        try:
-            return load_state_dict_checked(self, state, source=repr(path))
-        except CheckpointMismatchError as exc:
-            raise CheckpointMismatchError(
-                f'{exc}\nCheck that the encoder / decoder / quantizer sizes of the config '
-                'match the file.', exc.report) from None
+        return load_state_dict_checked(
+            self, state, source=repr(path),
+            hint='Check that the encoder / decoder / quantizer sizes of the config match the '
+            'file.')
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
                               missing_keys, unexpected_keys, error_msgs):
