@@ -25,7 +25,12 @@ setup(
     # mmcv (with compiled ops) and the torch/torchvision pair are installed by
     # tools/install.sh; listing them here would let pip pick builds that do not work.
     install_requires=read_requirements('requirements/runtime.txt'),
-    extras_require={'tests': read_requirements('requirements/tests.txt')},
+    extras_require={
+        'tests': read_requirements('requirements/tests.txt'),
+        # optional features (also in the test requirements, so CI covers them)
+        'export': ['onnx', 'onnxruntime', 'onnxscript'],
+        'tensorboard': ['tensorboard'],
+    },
     license='Apache-2.0',
     license_files=['LICENSE', 'NOTICE'],
 )
