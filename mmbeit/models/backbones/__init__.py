@@ -1,4 +1,5 @@
 """Backbones of mmbeit."""
+from .arch_from_state_dict import ArchInferenceError, arch_from_state_dict
 from .beit_vit import (
     BEiTAttention,
     BEiTBlock,
@@ -11,5 +12,5 @@ from .beit_vit import (
 
 __all__ = [
     'BEiTAttention', 'BEiTBlock', 'BEiTMlp', 'BEiTViT', 'DropPath', 'adapt_beit_state_dict_',
-    'beit_init_weights_'
+    'beit_init_weights_', 'arch_from_state_dict', 'ArchInferenceError'
 ]
