@@ -18,7 +18,8 @@ segmentation config with a ViT backbone (``model.backbone``, e.g. ``BEiTViT`` wi
    class (ignored pixels count as not that class); other patches are left out;
 4. for every output map of the backbone (``out_indices``) and for their concatenation,
    standardises the features with the train patches' statistics and fits a class-balanced
-   multinomial logistic regression (L-BFGS, L2 penalty ``--l2``) on the train patches;
+   multinomial logistic regression (L-BFGS, L2 penalty ``--l2``) on the train patches
+   (``mmbeit.evaluation.linear_probe``, the probe of knn_eval.py too);
 5. prints, for the val patches, the accuracy per class and its mean over classes (the
    balanced accuracy; chance is 1 / classes), and writes the numbers to ``--out`` (JSON).
 
@@ -41,6 +42,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from mmbeit.evaluation.linear_probe import fit_linear_probe
 
 IGNORE = 255
 
@@ -90,32 +93,15 @@ def patch_labels(seg: torch.Tensor, patch_size: int, purity: float,
 def fit_probe(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float = 1e-3,
               max_iter: int = 300) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                             torch.Tensor]:
-    """Class-balanced multinomial logistic regression on x [M, C], y [M] (0..K-1).
+    """Class-balanced multinomial logistic regression on x [M, C], y [M] (0..K-1): the
+    shared probe of :mod:`mmbeit.evaluation.linear_probe` with ``balanced=True`` (every
+    present class weighs the same in the loss, whatever its count).
 
-    Features are standardised with their own mean / std (returned, to apply to other
-    features); every present class weighs the same in the loss, whatever its count.
-    Returns (weight [K, C], bias [K], mean [C], std [C]).
+    Returns (weight [K, C], bias [K], mean [C], std [C]) (the features' train statistics,
+    to apply to other features).
     """
-    x = x.double()
-    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
-    xs = (x - mean) / std
-    counts = torch.bincount(y, minlength=num_classes).double()
-    class_w = torch.where(counts > 0, counts.sum() / (counts.clamp_min(1) * (counts > 0).sum()),
-                          torch.zeros_like(counts))
-    weight = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, requires_grad=True)
-    bias = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iter,
-                            line_search_fn='strong_wolfe')
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(xs @ weight.t() + bias, y, weight=class_w)
-        loss = loss + l2 * (weight**2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return weight.detach(), bias.detach(), mean, std
+    p = fit_linear_probe(x, y, num_classes, l2=l2, max_iter=max_iter, balanced=True)
+    return p.weight, p.bias, p.mean, p.std
 
 
 def per_class_accuracy(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> List[float]:
