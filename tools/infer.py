@@ -1,11 +1,18 @@
-"""Run a trained model on one image:
-``python tools/infer.py CONFIG CHECKPOINT IMAGE [--device cpu] [--out overlay.png]
+"""Run a trained model on one image or on every image of a folder:
+``python tools/infer.py CONFIG CHECKPOINT IMAGE|FOLDER [--device cpu] [--out overlay.png|DIR]
 [--topk 5] [--overwrite] [--cfg-options k=v ...]``.
 
 The task follows the model: segmentors (mmseg ``EncoderDecoder``, anything with a
 ``decode_head``) print the fraction of pixels of each predicted class and, with
 ``--out``, write the overlay with a class legend as a PNG (an existing file is kept
 unless ``--overwrite``); classifiers print the top-k classes with their scores.
+
+Given a folder, every image under it (recursively; .jpg .jpeg .png .webp .bmp, hidden
+files skipped, sorted by path) gets the same report, one after the other, each starting
+with its ``image:`` line; ``--out`` is then a folder and each overlay is written there
+under the image's relative path with ``.png`` (``a/b.jpg`` -> ``OUT/a/b.png``), each file
+atomically. Existing overlays are reported before the model is built. A progress line
+(images done, images/s, time left) goes to stderr, the reports to stdout.
 
 The image goes through the config's test pipeline (``test_dataloader.dataset.pipeline``)
 as in ``tools/test.py``; the checkpoint is read weights-only and loaded strictly (see
@@ -22,18 +29,21 @@ import torch
 
 def parse_args(argv=None):
     from mmbeit.engine.config_checks import CfgOptionsAction
-    parser = argparse.ArgumentParser(description='Classify or segment one image with a '
-                                                 'trained mmbeit model')
+    parser = argparse.ArgumentParser(description='Classify or segment one image, or every '
+                                                 'image of a folder, with a trained mmbeit '
+                                                 'model')
     parser.add_argument('config', help='config file of the model')
     parser.add_argument('checkpoint', help='checkpoint file of the whole model (.pth)')
-    parser.add_argument('image', help='image file')
+    parser.add_argument('image', help='image file, or a folder: every image under it '
+                        '(recursively)')
     parser.add_argument('--device', default='cpu', help="device, e.g. 'cpu' or 'cuda:0'")
     parser.add_argument('--out', help='segmentation: write the overlay with its legend to '
-                        'this .png')
+                        'this .png; with a folder of images, a folder that gets one '
+                        '<image name>.png per image')
     parser.add_argument('--topk', type=int, default=5,
                         help='classification: how many classes to list (default 5)')
     parser.add_argument('--overwrite', action='store_true',
-                        help='replace an existing --out file')
+                        help='replace existing --out files')
     parser.add_argument('--cfg-options', nargs='+', action=CfgOptionsAction,
                         help='override config entries, e.g. '
                         'test_dataloader.dataset.metainfo.classes=classes.txt')
@@ -68,25 +78,91 @@ def segmentation_report(seg: np.ndarray, classes: Optional[Sequence[str]]) -> st
     return _table(('id', 'class', 'pixels', 'fraction'), rows)
 
 
+def list_folder(folder: str) -> List[str]:
+    """The images under ``folder`` (recursively, hidden files skipped), as paths relative
+    to it, sorted; the same rule as the pretraining folders (``list_images``)."""
+    from mmbeit.datasets.unlabeled_folder import IMG_EXTENSIONS, list_images
+    found = list_images(folder)
+    if not found:
+        sys.exit(f'infer.py: no images ({" ".join(IMG_EXTENSIONS)}) under the folder '
+                 f'{folder!r}')
+    return found
+
+
+def folder_outputs(out_dir: str, rel_paths: Sequence[str]) -> List[str]:
+    """One overlay per image: ``OUT_DIR/<path relative to the folder, .png>``. Two images
+    that would write the same file (``a.jpg`` and ``a.png``) are refused."""
+    if out_dir.lower().endswith('.png') or osp.isfile(out_dir):
+        sys.exit(f'infer.py: with a folder of images, --out names a folder for the overlays '
+                 f'(one PNG per image, named after it), got {out_dir!r}')
+    outs, seen = [], {}
+    for rel in rel_paths:
+        out = osp.join(out_dir, osp.splitext(rel)[0] + '.png')
+        if out in seen:
+            sys.exit(f'infer.py: {seen[out]!r} and {rel!r} would both write {out!r}; rename '
+                     f'one of them or run the tool on each separately')
+        seen[out] = rel
+        outs.append(out)
+    return outs
+
+
+def predict_one(model, task: str, image: str, out: Optional[str], classes, args,
+                header: bool = True) -> None:
+    """Print the report of one image (and write its overlay): the same for a single image
+    and for each image of a folder (``header``: start with the ``image:`` line)."""
+    from mmbeit.apis import inference_classifier, inference_segmentor
+    if header:
+        print(f'image: {image}')
+    if task == 'classification':
+        result = inference_classifier(model, image)
+        print(f'prediction: {_name(classes, result["pred_label"])} '
+              f'(score {result["pred_score"]:.4f})')
+        print(classification_report(result, classes, args.topk))
+        return
+    seg = inference_segmentor(model, image)
+    print(f'segmentation map: {seg.shape[0]} x {seg.shape[1]} px')
+    print(segmentation_report(seg, classes))
+    if out is not None:
+        from mmbeit.visualization import save_seg_overlay
+        palette = model.dataset_meta.get('palette')
+        if palette is not None and len(palette) <= int(seg.max()):
+            palette = None  # too short for these ids: use seg_palette
+        save_seg_overlay(image, seg, out, classes=classes,
+                         palette=np.asarray(palette, np.uint8) if palette is not None else None,
+                         overwrite=args.overwrite)
+        print(f'overlay written to {out}')
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    for what, path in (('config', args.config), ('checkpoint', args.checkpoint),
-                       ('image', args.image)):
+    for what, path in (('config', args.config), ('checkpoint', args.checkpoint)):
         if not osp.isfile(path):
             sys.exit(f'infer.py: {what} file {path!r} does not exist')
+    folder = osp.isdir(args.image)
+    if not folder and not osp.isfile(args.image):
+        sys.exit(f'infer.py: image file {args.image!r} does not exist (give an image file '
+                 f'or a folder of images)')
     if args.topk < 1:
         sys.exit(f'infer.py: --topk must be >= 1, got {args.topk}')
-    if args.out is not None:
-        if not args.out.lower().endswith('.png'):
+    if folder:
+        rel_paths = list_folder(args.image)
+        images = [osp.join(args.image, rel) for rel in rel_paths]
+        outs = (folder_outputs(args.out, rel_paths) if args.out is not None
+                else [None] * len(images))
+    else:
+        images, outs = [args.image], [args.out]
+        if args.out is not None and not args.out.lower().endswith('.png'):
             sys.exit(f'infer.py: --out must name a .png file, got {args.out!r}')
-        if osp.exists(args.out) and not args.overwrite:
-            sys.exit(f'infer.py: {args.out!r} already exists; pass --overwrite to replace '
-                     f'it, or choose another --out')
+    existing = [out for out in outs if out is not None and osp.exists(out)]
+    if existing and not args.overwrite:
+        more = f' and {len(existing) - 1} more' if len(existing) > 1 else ''
+        sys.exit(f'infer.py: {existing[0]!r}{more} already exists; pass --overwrite to '
+                 f'replace it, or choose another --out')
     if args.device.startswith('cuda') and not torch.cuda.is_available():
         sys.exit(f'infer.py: --device {args.device} but this machine has no CUDA GPU; use '
                  f'--device cpu')
 
-    from mmbeit.apis import inference_classifier, inference_segmentor, init_model, model_task
+    from mmbeit.apis import init_model, model_task
     from mmbeit.engine.config_checks import UnknownConfigKeyError
     try:
         model = init_model(args.config, args.checkpoint, device=args.device,
@@ -96,31 +172,28 @@ def main(argv=None) -> int:
         sys.exit(f'infer.py: {exc}')
     classes = model.dataset_meta.get('classes')
     task = model_task(model)
-    print(f'image: {args.image}')
+    if task == 'classification' and args.out is not None:
+        sys.exit('infer.py: --out writes a segmentation overlay, but this config is a '
+                 'classifier; drop --out')
+    if folder:
+        print(f'folder: {args.image} ({len(images)} images)')
+    else:
+        print(f'image: {args.image}')
     print(f'model: {type(model).__name__} ({task}), checkpoint {args.checkpoint}')
-
-    if task == 'classification':
-        if args.out is not None:
-            sys.exit('infer.py: --out writes a segmentation overlay, but this config is a '
-                     'classifier; drop --out')
-        result = inference_classifier(model, args.image)
-        print(f'prediction: {_name(classes, result["pred_label"])} '
-              f'(score {result["pred_score"]:.4f})')
-        print(classification_report(result, classes, args.topk))
+    if not folder:
+        predict_one(model, task, args.image, args.out, classes, args, header=False)
         return 0
 
-    seg = inference_segmentor(model, args.image)
-    print(f'segmentation map: {seg.shape[0]} x {seg.shape[1]} px')
-    print(segmentation_report(seg, classes))
-    if args.out is not None:
-        from mmbeit.visualization import save_seg_overlay
-        palette = model.dataset_meta.get('palette')
-        if palette is not None and len(palette) <= int(seg.max()):
-            palette = None  # too short for these ids: use seg_palette
-        save_seg_overlay(args.image, seg, args.out, classes=classes,
-                         palette=np.asarray(palette, np.uint8) if palette is not None else None,
-                         overwrite=args.overwrite)
-        print(f'overlay written to {args.out}')
+    from mmbeit.engine.progress import ProgressBar
+    with ProgressBar(len(images), 'infer.py') as bar:  # on stderr; the reports on stdout
+        for image, out in zip(images, outs):
+            print()
+            try:
+                predict_one(model, task, image, out, classes, args)
+            except Exception:
+                print(f'infer.py: failed on {image}', file=sys.stderr)
+                raise
+            bar.update()
     return 0
 
 

@@ -3,6 +3,7 @@ tool (tools/analysis_tools/tokenize_images.py) for VQ-KD and the DALL-E dVAE, ea
 a fresh process on generated demo data."""
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -14,6 +15,15 @@ from mmbeit.checkpoint import read_state_dict
 
 DEMO_CFG = f'{ROOT}/configs/demo/vqkd_vit-tiny-p8_random-teacher_20e_demo-64.py'
 TOOL = 'tools/analysis_tools/tokenize_images.py'
+
+
+def progress_count(res) -> int:
+    """The image count of the tool's final progress line (on stderr, never on stdout)."""
+    found = re.findall(r'^tokenize_images: (\d+)/(\d+) images in [\d.]+ s '
+                       r'\([\d.]+ images/s\)$', res.stderr, re.M)
+    assert len(found) == 1 and found[0][0] == found[0][1], res.stderr[-2000:]
+    assert 'images/s' not in res.stdout
+    return int(found[0][0])
 
 
 def write_vqkd_config(tmp_path, data, max_iters=12, extra=''):
@@ -77,6 +87,7 @@ def test_vqkd_trains_logs_usage_and_tokenizes(tmp_path, demo_data):
     assert report['counts'] == counts.tolist()
     assert report['codes_used'] == int((counts > 0).sum())
     assert f'{report["codes_used"]} / 64' in res.stdout
+    assert progress_count(res) == 16
     p = counts[counts > 0] / counts.sum()
     assert report['perplexity'] == pytest.approx(float(np.exp(-(p * np.log(p)).sum())))
     assert not (out_dir / 'reconstruction.png').exists()  # VQ-KD decodes features only
@@ -141,12 +152,14 @@ model = dict(encoder=dict(n_hid=8, n_blk_per_group=1, vocab_size=32),
         Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(
             imgs / f'{i}.png')
     out_dir = tmp_path / 'out'
-    run_tool([TOOL, cfg, imgs, '--checkpoint', tmp_path / 'enc.pth', '--decoder-checkpoint',
-              tmp_path / 'dec.pth', '--out-dir', out_dir, '--device', 'cpu', '--num-vis', '2'])
+    res = run_tool([TOOL, cfg, imgs, '--checkpoint', tmp_path / 'enc.pth',
+                    '--decoder-checkpoint', tmp_path / 'dec.pth', '--out-dir', out_dir,
+                    '--device', 'cpu', '--num-vis', '2'])
     png = Image.open(out_dir / 'reconstruction.png')
     assert png.size == (2 * 32 + 2, 2 * 32 + 2)  # 2 rows of original | reconstruction
     tokens = np.load(out_dir / 'tokens.npy')
     assert tokens.shape == (3, 16) and tokens.max() < 32
+    assert progress_count(res) == 3
 
     bad = run_tool([TOOL, cfg, tmp_path / 'missing_dir', '--out-dir', tmp_path / 'o2'],
                    check=False)

@@ -9,7 +9,8 @@ bicubic) and centre-cropped to the tokenizer's input size, scaled to [0, 1] RGB,
 tokenized in eval mode.
 
 Prints a table (images, tokens, codes used, usage, perplexity, the most frequent codes)
-and writes to ``--out-dir``:
+to stdout, a progress line (images done, images/s, time left) to stderr, and writes to
+``--out-dir``:
 
 - ``usage.json``: the numbers of the table and the count of every code;
 - ``tokens.npy`` [num_images, N] (int64) and ``files.txt`` (one image path per row);
@@ -177,12 +178,16 @@ def main(argv=None) -> dict:
     tok = build_tokenizer(args)
     size = tuple(tok.input_size) if not isinstance(tok.input_size, int) else (tok.input_size, ) * 2
 
+    from mmbeit.engine.progress import ProgressBar
     tokens, vis_in = [], []
-    for start in range(0, len(files), args.batch_size):
-        batch = torch.stack([load_image(f, size) for f in files[start:start + args.batch_size]])
-        tokens.append(tok.tokenize(batch.to(args.device)).cpu())
-        if sum(len(v) for v in vis_in) < args.num_vis:
-            vis_in.append(batch)
+    with ProgressBar(len(files), 'tokenize_images') as bar:  # on stderr
+        for start in range(0, len(files), args.batch_size):
+            batch = torch.stack([load_image(f, size)
+                                 for f in files[start:start + args.batch_size]])
+            tokens.append(tok.tokenize(batch.to(args.device)).cpu())
+            if sum(len(v) for v in vis_in) < args.num_vis:
+                vis_in.append(batch)
+            bar.update(len(batch))
     tokens = torch.cat(tokens)  # [num_images, N]
 
     from mmbeit.models.tokenizers import codebook_usage_stats

@@ -4,10 +4,11 @@ CONFIG is a pretraining config whose ``model.target_generator`` is a ``HOGTokeni
 (e.g. ``configs/demo/beitv2_vit-tiny-p8_hog-tokens_150e_demo-64.py``). The tool builds
 the config's train dataset with its own pipeline, so the tokenizer views it sees are
 the ones pretraining will tokenize (same random crops, flips and colour jitter); draws
-``--views`` of them per image; computes the centred HOG of every patch; fits the
-codebook (spherical k-means over the textured patches, ``HOGTokenizer.fit``); prints
-how the tokens are used on those views; and writes ``--out``: the codebook and the
-settings it was fitted with, which the tokenizer checks when it loads the file.
+``--views`` of them per image (a progress line with images/s on stderr); computes the
+centred HOG of every patch; fits the codebook (spherical k-means over the textured
+patches, ``HOGTokenizer.fit``); prints how the tokens are used on those views; and writes
+``--out``: the codebook and the settings it was fitted with, which the tokenizer checks
+when it loads the file.
 
 Usage::
 
@@ -80,11 +81,16 @@ def main(argv=None) -> int:
     dataset = DATASETS.build(cfg.train_dataloader.dataset)
     if isinstance(dataset, SeededDataset):  # views drawn here from the seeds set above
         dataset = dataset.dataset
+    from mmbeit.engine.progress import ProgressBar
     descs = []
-    for _ in range(args.views):
-        for i in range(len(dataset)):
-            view = dataset[i]['inputs'][1]                       # the tokenizer view, uint8
-            descs.append(tokenizer.descriptors(view[None].float() / 255.)[0])
+    # on stderr; one item is one image through the pretraining pipeline (a view)
+    with ProgressBar(args.views * len(dataset),
+                     f'[fit_hog_tokenizer] {len(dataset)} images x {args.views} views') as bar:
+        for _ in range(args.views):
+            for i in range(len(dataset)):
+                view = dataset[i]['inputs'][1]                   # the tokenizer view, uint8
+                descs.append(tokenizer.descriptors(view[None].float() / 255.)[0])
+                bar.update()
     desc = torch.cat(descs)
     try:
         stats = tokenizer.fit(desc, iters=args.iters,
