@@ -7,6 +7,7 @@ The flags are the usual OpenMMLab ones; see ``--help``. Multi-process runs go th
 import argparse
 import os.path as osp
 import sys
+from typing import Optional
 
 from mmengine.config import Config
 from mmengine.logging import print_log
@@ -49,6 +50,13 @@ def parse_args(argv=None):
     parser.add_argument('--overwrite', action='store_true',
                         help='allow writing over the checkpoints of an earlier run in the '
                         'work dir')
+    parser.add_argument('--tensorboard', action='store_true',
+                        help='also write every logged scalar (losses, lr, validation and '
+                        'monitor metrics) as TensorBoard events next to scalars.json, in '
+                        '<work dir>/<timestamp>/vis_data/ (mmengine\'s TensorboardVisBackend '
+                        'added to visualizer.vis_backends; needs the tensorboard package: '
+                        'pip install -e .[tensorboard]); view with tensorboard --logdir '
+                        '<work dir>')
     add_config_args(parser, example='train_cfg.max_iters=10')
     return parse_tool_args(parser, argv)
 
@@ -78,7 +86,78 @@ def set_amp(cfg: Config, amp) -> None:
     wrapper.pop('use_fsdp', None)  # an AmpOptimWrapper argument ours does not take
 
 
+TENSORBOARD = 'TensorboardVisBackend'
+
+
+def _is_tensorboard(backend) -> bool:
+    kind = backend.get('type') if isinstance(backend, dict) else None
+    name = kind if isinstance(kind, str) else getattr(kind, '__name__', '')
+    return name.rsplit('.', 1)[-1] == TENSORBOARD
+
+
+def _iteration_based(cfg: Config) -> bool:
+    loop = cfg.get('train_cfg') or {}
+    kind = loop.get('type')
+    if kind is None:  # mmengine picks the loop from by_epoch / max_iters
+        return 'max_iters' in loop or loop.get('by_epoch') is False
+    name = kind if isinstance(kind, str) else getattr(kind, '__name__', '')
+    return name.rsplit('.', 1)[-1] == 'IterBasedTrainLoop'
+
+
+def add_tensorboard(cfg: Config) -> Optional[str]:
+    """Add mmengine's TensorboardVisBackend to ``cfg.visualizer.vis_backends`` (once).
+
+    ``--cfg-options`` cannot do this: it parses ``dict(...)`` items of a list as strings
+    and refuses an index past the end of a list, so this flag is the one way to switch
+    TensorBoard on for any config without editing it. A config without a visualizer gets
+    mmengine's default one (LocalVisBackend: scalars.json) with TensorBoard added.
+
+    In an iteration-based loop mmengine's LoggerHook logs validation metrics at the
+    loop's epoch, always 0, unless ``log_metric_by_epoch=False``: every evaluation would
+    sit at step 0 of TensorBoard's plots. That setting is made here (scalars.json's
+    validation lines then carry their iteration too; plot_curves reads either); returns
+    the note to log when it was changed, else None."""
+    if cfg.get('visualizer') is None:
+        cfg.visualizer = dict(type='Visualizer', vis_backends=[dict(type='LocalVisBackend')])
+    backends = list(cfg.visualizer.get('vis_backends') or [])
+    if not any(_is_tensorboard(b) for b in backends):
+        backends.append(dict(type=TENSORBOARD))
+    cfg.visualizer.vis_backends = backends
+    logger = (cfg.get('default_hooks') or {}).get('logger')
+    if isinstance(logger, dict) and _iteration_based(cfg) and \
+            logger.get('log_metric_by_epoch', True):
+        logger['log_metric_by_epoch'] = False
+        return ('--tensorboard: iteration-based loop, so validation metrics are logged at '
+                'their iteration (default_hooks.logger.log_metric_by_epoch=False), not at '
+                'epoch 0')
+    return None
+
+
+def check_tensorboard(cfg: Config, asked_by: str) -> None:
+    """Fail before anything is built when the run would write TensorBoard events and
+    the ``tensorboard`` package cannot be imported. (mmengine imports it only when the
+    Runner records the config, after the model is built, and its message does not say
+    which setting asked for TensorBoard.)"""
+    vis = cfg.get('visualizer') or {}
+    if not any(_is_tensorboard(b) for b in vis.get('vis_backends') or []):
+        return
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError as exc:
+        raise SystemExit(f'train.py: {asked_by} writes TensorBoard events '
+                         f'({TENSORBOARD}), which needs the tensorboard package; this Python '
+                         f'({sys.executable}) cannot import it ({exc}). Install it with '
+                         f'"pip install tensorboard" (or "pip install -e .[tensorboard]" in '
+                         f'the mmbeit folder), or train without TensorBoard') from None
+
+
 def merge_args(cfg: Config, args) -> Config:
+    if args.tensorboard:
+        note = add_tensorboard(cfg)
+        if note:
+            print_log(note, logger='current')
+    check_tensorboard(cfg, '--tensorboard' if args.tensorboard else
+                      f'{args.config} (visualizer.vis_backends)')
     if args.amp:
         set_amp(cfg, args.amp)
     if args.compile:
@@ -119,6 +198,10 @@ def main(argv=None) -> int:
     except UnknownConfigKeyError as exc:
         sys.exit(f'train.py: {exc}')
     cfg = merge_args(cfg, args)
+    if args.tensorboard:
+        print_log(f'--tensorboard: events go to {cfg.work_dir}/<timestamp>/vis_data/ with '
+                  f'scalars.json; view them with: tensorboard --logdir {cfg.work_dir}',
+                  logger='current')
     check_work_dir(cfg.work_dir, cfg.get('resume', False), args.overwrite)
     try:
         run(cfg, 'train', scale_lr_off_by='--no-scale-lr' if args.no_scale_lr else None)

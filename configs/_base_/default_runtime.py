@@ -24,6 +24,12 @@ env_cfg = dict(
     dist_cfg=dict(backend='nccl'),
 )
 
+# LocalVisBackend writes <work_dir>/<timestamp>/vis_data/scalars.json (read by
+# tools/analysis_tools/plot_curves.py). TensorBoard: `python tools/train.py CONFIG
+# --tensorboard` adds mmengine's TensorboardVisBackend here for any config (events in the
+# same vis_data/ folder; needs `pip install -e .[tensorboard]`). --cfg-options cannot
+# append to this list (it reads dict(...) items as strings); a config of your own may
+# instead list dict(type='TensorboardVisBackend') in visualizer.vis_backends.
 vis_backends = [dict(type='LocalVisBackend')]
 visualizer = dict(type='Visualizer', vis_backends=vis_backends)
 
