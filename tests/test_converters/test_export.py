@@ -5,6 +5,7 @@ tools/model_converters/export_checkpoint.py, docs/export.md)."""
 import json
 import math
 import os.path as osp
+import sys
 
 import pytest
 import torch
@@ -388,6 +389,31 @@ def test_tool_hf_segmentor_names_why(checkpoints, tmp_path):
     assert 'rescales [2, 1, 0.5, 0.25]' in msg and '--to onnx' in msg
     assert 'the decode head has 32 channels on inputs [64, 64, 64, 64]' in msg
     assert not osp.exists(tmp_path / 'hf')
+
+
+def test_tool_pretraining_checkpoint_to_hf_backbone(tmp_path):
+    """A pretraining checkpoint (its config has no test pipeline, which init_model asks
+    for) exports its backbone; parity is measured on the final-normed tokens."""
+    model = _pretrain_model()
+    path = str(tmp_path / 'pretrain.pth')
+    save_checkpoint({'state_dict': model.state_dict()}, path)
+    assert tool_main(TOOL, path, '--to', 'hf', '--out', tmp_path / 'hf', '--config',
+                     PT_CFG) == ''
+    record = _record(tmp_path / 'hf')
+    assert record['kind'] == 'backbone' and record['parity_max_abs_diff'] <= 1e-5
+    assert set(record['dropped']) == {k for k in model.state_dict() if k.startswith(
+        ('neck.cls_pt_layers.', 'head.lm_head.'))}
+    msg = tool_main(TOOL, path, '--to', 'timm', '--out', tmp_path / 'timm')
+    assert msg == f'error: {path!r} holds no config (meta.cfg): pass the config it was ' \
+        'trained with as --config'
+
+
+def test_onnx_without_its_packages_says_how_to_install(monkeypatch):
+    from mmbeit.converters import export_onnx
+    model = Classifier()
+    monkeypatch.setitem(sys.modules, 'onnxscript', None)  # import fails
+    with pytest.raises(ExportError, match=r'pip install -e \.\[export\]'):
+        export_onnx(model, settings_from_model(model), 'never.onnx')
 
 
 def _onnx_logits(path, x):
