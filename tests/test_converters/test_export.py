@@ -362,6 +362,7 @@ def _record(folder):
         return json.load(f)
 
 
+@pytest.mark.slow  # a fresh process importing mmpretrain, mmseg and timm: 10-19 s here
 def test_tool_timm_from_the_config_saved_in_the_checkpoint(checkpoints, tmp_path):
     """The command line in a fresh process: no --config (the run's config is read from the
     checkpoint), the exact create_model call printed, the folder loads with timm's
@@ -422,6 +423,7 @@ def _onnx_logits(path, x):
     return torch.from_numpy(sess.run(None, {'image': x.numpy()})[0])
 
 
+@pytest.mark.slow  # torch.export + ONNX translation: 8-13 s each here
 @pytest.mark.parametrize('name', ['cls', 'seg'])
 def test_tool_onnx_classifier_and_segmentor(name, checkpoints, tmp_path):
     """ONNX through the tool (in this process); onnxruntime agrees with our model (the
