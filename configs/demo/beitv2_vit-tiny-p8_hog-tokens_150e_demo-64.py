@@ -15,7 +15,8 @@
 #   python tools/misc/fit_hog_tokenizer.py THIS_CONFIG --out WORK_DIR/hog_tokens.pth
 #   python tools/train.py THIS_CONFIG \
 #       --cfg-options model.target_generator.checkpoint=WORK_DIR/hog_tokens.pth
-_base_ = ['./beitv2_vit-tiny-p8_vqkd-demo_30e_demo-64.py']
+_base_ = ['./beitv2_vit-tiny-p8_vqkd-demo_30e_demo-64.py',
+          '../_base_/datasets/demo_imagenet_64_knn.py']
 
 num_tokens = 64
 model = dict(
@@ -36,3 +37,16 @@ param_scheduler = [
 ]
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs)
 default_hooks = dict(checkpoint=dict(interval=50, max_keep_ckpts=1))
+
+# kNN monitor (docs/monitoring.md): weighted kNN (k = 20, T = 0.07, as DINO) of the demo
+# classification val images (160) against its train images (640), on the final-norm cls
+# token of the last block, before training and every 10 epochs. The masked-token loss sits
+# at the token prior for ~80 epochs; the kNN top-1 shows whether the backbone learns
+# meanwhile. The cls token rather than the mean patch token: on this config's 150-epoch
+# checkpoint (2026-11-30 run) it scores 92.5 vs 84.4 top-1 (16.9 vs 13.8 at init), and
+# BEiT v2's neck trains the cls token to summarise the image (paper section 2.3).
+custom_hooks = [
+    dict(type='KNNMonitorHook', bank={{_base_.knn_bank}}, queries={{_base_.knn_queries}},
+         interval=10, feature='cls', layer=-1, k=20, temperature=0.07, topk=(1, 5),
+         before_train=True),
+]

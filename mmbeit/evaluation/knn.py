@@ -62,7 +62,8 @@ def knn_scores(bank_feats: torch.Tensor, bank_labels: torch.Tensor, query_feats:
         k (int): neighbours per query; clipped to N when the bank is smaller.
         temperature (float): T > 0 of the weights ``exp(cos / T)``.
         chunk_size (int): queries compared at once; memory is about
-            ``chunk_size * N`` floats. The result does not depend on it.
+            ``chunk_size * N`` floats. The result does not depend on it beyond float
+            rounding (the matrix product may sum in another order for another shape).
 
     Returns:
         Tensor: [Q, C] float32 vote shares on the bank's device; each row sums to 1 and its

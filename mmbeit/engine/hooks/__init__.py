@@ -2,5 +2,6 @@
 from .async_runtime_info import AsyncRuntimeInfoHook
 from .codebook_usage import CodebookUsageHook
 from .iteration_seed import IterationSeedHook
+from .knn_monitor import KNNMonitorHook
 
-__all__ = ['AsyncRuntimeInfoHook', 'CodebookUsageHook', 'IterationSeedHook']
+__all__ = ['AsyncRuntimeInfoHook', 'CodebookUsageHook', 'IterationSeedHook', 'KNNMonitorHook']
