@@ -116,6 +116,20 @@ class BEiT(BaseModel):
 
         return select
 
+    def mim_logits(self, inputs: torch.Tensor,
+                   mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Logits [B, N, vocab_size] of the MIM head at every patch position.
+
+        The backbone reads ``inputs`` (normalised, [B, 3, H, W]) with the patches where
+        ``mask`` ([B, N] bool) is True replaced by the mask token; the head scores the
+        final-normed last-block states. At the masked positions these are the logits
+        that :meth:`loss` scores against the tokenizer's ids (BEiT v2's main term,
+        ``loss_1``; the neck's aggregation term is not computed). For visualisation and
+        analysis (tools/analysis_tools/visualize_mim.py); runs in the caller's grad mode.
+        """
+        (last, ) = self.backbone.forward_layers(inputs, [-1], mask)
+        return self.head(self.backbone.norm(last)[:, 1:])
+
     def loss(self, inputs: torch.Tensor, target_inputs: torch.Tensor,
              mask: torch.Tensor, num_masked: Optional[int] = None) -> Dict[str, torch.Tensor]:
         select = self.masked_selector(mask, num_masked)
