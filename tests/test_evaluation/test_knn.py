@@ -114,36 +114,36 @@ def test_topk_correct_counts_and_ties():
 
 
 @pytest.mark.parametrize('call,message', [
-    (lambda b, l, q: knn_scores(b[0], l, q, 5),
+    (lambda b, y, q: knn_scores(b[0], y, q, 5),
      'bank_feats must be a 2-D tensor [rows, feature_dim], got [6]'),
-    (lambda b, l, q: knn_scores(b, l, q[:, :4], 5),
+    (lambda b, y, q: knn_scores(b, y, q[:, :4], 5),
      'bank_feats and query_feats must have the same feature dim, got 6 and 4: extract both '
      'with the same backbone, layer and feature'),
-    (lambda b, l, q: knn_scores(b, l[:-1], q, 5),
+    (lambda b, y, q: knn_scores(b, y[:-1], q, 5),
      'bank_labels must be a 1-D tensor of 40 class indices (one per feature row), got [39]'),
-    (lambda b, l, q: knn_scores(b, l.float(), q, 5),
+    (lambda b, y, q: knn_scores(b, y.float(), q, 5),
      'bank_labels must hold integer class indices, got dtype torch.float32; convert with '
      '.long()'),
-    (lambda b, l, q: knn_scores(b, l, q, 4),
+    (lambda b, y, q: knn_scores(b, y, q, 4),
      'bank_labels must lie in [0, num_classes=4), got values in [0, 4]; pass the number of '
      'classes of the whole label set as num_classes'),
-    (lambda b, l, q: knn_scores(b, l, q, 5, k=0), 'k must be an integer >= 1, got 0'),
-    (lambda b, l, q: knn_scores(b, l, q, 5, k=2.0), 'k must be an integer >= 1, got 2.0'),
-    (lambda b, l, q: knn_scores(b, l, q, 5, temperature=0),
+    (lambda b, y, q: knn_scores(b, y, q, 5, k=0), 'k must be an integer >= 1, got 0'),
+    (lambda b, y, q: knn_scores(b, y, q, 5, k=2.0), 'k must be an integer >= 1, got 2.0'),
+    (lambda b, y, q: knn_scores(b, y, q, 5, temperature=0),
      'temperature must be a finite number > 0, got 0'),
-    (lambda b, l, q: knn_scores(b, l, q, 5, temperature=float('inf')),
+    (lambda b, y, q: knn_scores(b, y, q, 5, temperature=float('inf')),
      'temperature must be a finite number > 0, got inf'),
-    (lambda b, l, q: knn_scores(b, l, q, 5, chunk_size=0),
+    (lambda b, y, q: knn_scores(b, y, q, 5, chunk_size=0),
      'chunk_size must be an integer >= 1, got 0'),
-    (lambda b, l, q: knn_scores(b[:0], l[:0], q, 5),
+    (lambda b, y, q: knn_scores(b[:0], y[:0], q, 5),
      'the memory bank is empty (bank_feats has 0 rows): kNN needs at least one labelled '
      'bank feature'),
-    (lambda b, l, q: topk_correct(torch.zeros(3, 2), torch.tensor([0, 2, 1])),
+    (lambda b, y, q: topk_correct(torch.zeros(3, 2), torch.tensor([0, 2, 1])),
      'labels must lie in [0, num_classes=2), got values in [0, 2]; pass the number of '
      'classes of the whole label set as num_classes'),
-    (lambda b, l, q: topk_correct(torch.zeros(3, 2), torch.tensor([0, 1, 1]), (1, 0)),
+    (lambda b, y, q: topk_correct(torch.zeros(3, 2), torch.tensor([0, 1, 1]), (1, 0)),
      'each topk value must be an integer >= 1, got 0'),
-    (lambda b, l, q: topk_correct(torch.zeros(3), torch.tensor([0, 1, 1])),
+    (lambda b, y, q: topk_correct(torch.zeros(3), torch.tensor([0, 1, 1])),
      'scores must be a 2-D tensor [queries, classes], got [3]'),
 ])
 def test_errors(call, message):
