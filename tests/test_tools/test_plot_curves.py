@@ -222,3 +222,26 @@ def test_failed_write_keeps_the_old_image(pc, tmp_path, monkeypatch):
     with pytest.raises(OSError, match='disk full'):
         pc.plot([tmp_path / 'ok'], ['loss'], out)
     assert out.read_bytes() == b'old' and sorted(os.listdir(tmp_path)) == ['curves.png', 'ok']
+
+
+def test_knn_monitor_lines_are_drawn_at_their_iteration(pc, tmp_path):
+    """KNNMonitorHook lines count iterations in ``step`` even in an epoch-based run whose
+    validation lines count epochs; they are default keys and do not change how the
+    validation lines are placed."""
+    rows = [{'knn/top1': 12.5, 'knn/top5': 60.0, 'step': 0}] + epoch_rows()
+    # after iteration 2 (read as epoch 2 it would be drawn at iteration 8), after epoch 2
+    # (iteration 8) and at the end (iteration 12)
+    for it, top1 in ((2, 20.0), (8, 40.0)):
+        rows.insert(rows.index(next(r for r in rows if r.get('iter') == it)) + 1,
+                    {'knn/top1': top1, 'knn/top5': 90.0, 'step': it})
+    rows.append({'knn/top1': 55.0, 'knn/top5': 95.0, 'step': 12})
+    write_run(tmp_path / 'k', rows)
+    run = pc.load_run(tmp_path / 'k')
+    assert pc.val_step_kind(run) == 'epoch'  # the kNN steps (8, 12 > 3 epochs) are ignored
+    keys = pc.default_keys([run])
+    assert keys[-3:] == ['knn/top1', 'knn/top5', 'lr']
+    info = pc.plot([tmp_path / 'k'], ['knn/top1', 'accuracy/top1'], tmp_path / 'k.png')
+    knn, acc = info['axes']
+    assert [(ln['x'], ln['y']) for ln in knn['lines']] == [([0, 2, 8, 12],
+                                                          [12.5, 20.0, 40.0, 55.0])]
+    assert acc['lines'][0]['x'] == [4, 8, 12]  # val epochs 1-3 at their last iteration

@@ -27,10 +27,15 @@ writes the loop's epoch, always 0) is placed at the last training iteration befo
 in the file. ``--x epoch`` (runs whose training lines carry ``epoch``) draws training
 points at ``iter / iters_per_epoch`` and val points at their epoch.
 
+Lines of the kNN monitor (``KNNMonitorHook``, docs/monitoring.md) carry ``knn/top1``,
+``knn/top5`` and ``step``; their ``step`` is always the number of training iterations done
+(0 = before training), whatever the validation lines of the same run count.
+
 Default keys: every training key starting with ``loss``, every key containing ``acc``
-(training and validation), and ``lr`` (a ``train/`` / ``val/`` prefix, written with
-``log_processor.log_with_hierarchy=True``, is ignored when matching). A key found in both
-kinds of lines (``time``) is drawn twice, the val curve dashed with markers.
+(training and validation), the kNN monitor's ``knn/*``, and ``lr`` (a ``train/`` / ``val/``
+prefix, written with ``log_processor.log_with_hierarchy=True``, is ignored when matching).
+A key found in both kinds of lines (``time``) is drawn twice, the val curve dashed with
+markers.
 ``--smooth N`` draws the trailing moving average over N points (the first N-1 points
 average what is there) on top of the faint raw curve.
 
@@ -188,21 +193,29 @@ def available_keys(runs):
 
 
 def default_keys(runs):
-    """Training ``loss*`` keys, then keys containing ``acc`` (train, then val), then ``lr``."""
+    """Training ``loss*`` keys, then keys containing ``acc`` (train, then val), the kNN
+    monitor's ``knn/*``, then ``lr``."""
     train = [k for r in runs for k in _keys(r.train)]
     val = [k for r in runs for k in _keys(r.val)]
     keys = [k for k in train if _bare(k).startswith('loss')]
     keys += [k for k in train + val if 'acc' in _bare(k)]
+    keys += [k for k in val if k.startswith('knn/')]
     keys += [k for k in train if _bare(k) == 'lr']
     return list(dict.fromkeys(keys))
 
 
+def _knn_line(row):
+    """A line of the kNN monitor: its ``step`` counts iterations (module docstring)."""
+    return any(k.startswith('knn/') for k in row)
+
+
 def val_step_kind(run, val_step='auto'):
-    """What the ``step`` of ``run``'s validation lines counts: ``'epoch'`` or ``'iter'``."""
+    """What the ``step`` of ``run``'s validation lines counts: ``'epoch'`` or ``'iter'``
+    (the kNN monitor's lines always count iterations and are not considered)."""
     if val_step != 'auto':
         return val_step
     epochs = [r['epoch'] for r in run.train if _is_number(r.get('epoch'))]
-    if epochs and all(r.get('step', 0) <= max(epochs) for r in run.val):
+    if epochs and all(r.get('step', 0) <= max(epochs) for r in run.val if not _knn_line(r)):
         return 'epoch'
     return 'iter'
 
@@ -224,7 +237,9 @@ def val_iterations(run, val_step='auto'):
     xs = []
     for row, after in zip(run.val, run.val_after):
         step = row.get('step', 0)
-        if kind == 'epoch':
+        if _knn_line(row):
+            xs.append(step)
+        elif kind == 'epoch':
             xs.append(end_of_epoch.get(step, after))
         else:
             xs.append(after if step == 0 and after > 0 else step)
