@@ -299,7 +299,7 @@ def test_registered_and_errors_at_before_train():
     loop = IterBasedTrainLoop.__new__(IterBasedTrainLoop)  # only its type is looked at
     with pytest.raises(ValueError, match=re.escape(
             'KNNMonitorHook: the train loop is iteration-based; set by_epoch=False and give '
-            'interval in iterations')):
+            'interval in iterations (or leave the hook out: custom_hooks = [])')):
         KNNMonitorHook(**cfg).before_train(FakeRunner(tiny_model(), loop))
     with pytest.raises(ValueError, match=re.escape(
             'KNNMonitorHook: layer=2 is out of range for a backbone of 2 blocks')):

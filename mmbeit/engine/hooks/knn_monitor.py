@@ -138,7 +138,8 @@ class KNNMonitorHook(Hook):
     def before_train(self, runner) -> None:
         if self.by_epoch and isinstance(runner.train_loop, IterBasedTrainLoop):
             raise ValueError('KNNMonitorHook: the train loop is iteration-based; set '
-                             'by_epoch=False and give interval in iterations')
+                             'by_epoch=False and give interval in iterations (or leave the '
+                             'hook out: custom_hooks = [])')
         backbone = self._backbone(runner)
         num_layers = getattr(backbone, 'num_layers', None)
         if num_layers is not None and not -num_layers <= self.layer < num_layers:
