@@ -134,7 +134,9 @@ INNER = {'init_cfg': 'WEIGHT_INITIALIZERS', 'pipeline': 'TRANSFORMS',
          # mmpretrain's ClsDataPreprocessor builds train_cfg.augments from its own registry
          'augments': 'mmpretrain:BATCH_AUGMENTS',
          # MIMMask builds its generator in mmbeit's scope whatever the dataset's scope is
-         'generator': 'mmbeit:TASK_UTILS'}
+         'generator': 'mmbeit:TASK_UTILS',
+         # a dataloader config inside a hook (KNNMonitorHook's bank / queries)
+         'dataset': 'DATASETS'}
 
 
 def config_types(cfg):

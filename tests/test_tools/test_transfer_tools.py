@@ -44,6 +44,8 @@ train_dataloader = dict(batch_size=4, num_workers=0, persistent_workers=False, d
              pipeline=_pipe),
         dict(type='UnlabeledImageFolder', data_root='{demo_data}/ade20k/images/training',
              pipeline=_pipe)])))
+# the demo's kNN monitor is epoch-based and reads data/demo: not for 2 iterations here
+custom_hooks = []
 ''' + extra)
     return path
 
