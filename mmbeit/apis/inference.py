@@ -95,6 +95,14 @@ def _test_pipeline_cfg(cfg: Config) -> List[dict]:
     return [copy.deepcopy(dict(step)) for step in pipeline]
 
 
+def _is_pretraining(cfg: Config) -> bool:
+    """A masked-image-modeling config (``BEiT`` with a target generator): it predicts no
+    classes or maps, so it needs no test pipeline (tools that load it, e.g.
+    visualize_mim.py and export_checkpoint.py, build their own inputs)."""
+    model = cfg.get('model')
+    return isinstance(model, dict) and 'target_generator' in model
+
+
 def _drop_pretrained(init_cfg: Any) -> Any:
     """``init_cfg`` without its ``Pretrained`` entries (None when nothing is left)."""
     def is_pretrained(c):
@@ -197,11 +205,17 @@ def init_model(config: Union[str, os.PathLike, Config],
 
     Raises:
         FileNotFoundError: the config or the checkpoint file does not exist.
-        ValueError: the config has no model or no ``test_dataloader.dataset.pipeline``.
+        ValueError: the config has no model, or no ``test_dataloader.dataset.pipeline``
+            (pretraining configs need none: they have no predictions to infer).
+
+    A pretraining model's tokenizer is kept out of its checkpoints and loads its own file
+    in ``init_weights()``, which this function skips when given a checkpoint: call
+    ``model.target_generator.init_weights()`` to use the tokenizer.
         CheckpointMismatchError: the checkpoint's keys or shapes differ from the model's.
     """
     cfg = _read_config(config, cfg_options)
-    _test_pipeline_cfg(cfg)  # fail now, not at the first image
+    if not _is_pretraining(cfg):
+        _test_pipeline_cfg(cfg)  # fail now, not at the first image
     if checkpoint is not None:
         checkpoint = os.fspath(checkpoint)
         if not osp.isfile(osp.expanduser(checkpoint)):

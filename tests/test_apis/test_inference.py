@@ -294,6 +294,23 @@ def test_init_model_errors(tmp_path, demo_data, seg_ckpt):
         init_model(cfg, seg_ckpt)
 
 
+def test_a_pretraining_config_needs_no_test_pipeline(tmp_path):
+    """A pretraining config has no test pipeline (it predicts no classes or maps) and
+    loads; its tokenizer, kept out of the checkpoint, stays as built until its own
+    init_weights() reads its file (docs of init_model)."""
+    cfg = Config.fromfile(osp.join(ROOT, 'configs/demo/beitv2_vit-tiny-p8_hog-tokens_150e_'
+                                         'demo-64.py'))
+    assert cfg.get('test_dataloader') is None
+    built = init_model(cfg)
+    ckpt = tmp_path / 'pre.pth'
+    torch.save({'state_dict': built.state_dict()}, ckpt)
+    assert not any(k.startswith('target_generator.') for k in built.state_dict())
+    model = init_model(cfg, ckpt)
+    assert type(model).__name__ == 'BEiT'
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, built.state_dict()[key]), key
+
+
 def test_a_pretrained_backbone_file_is_not_needed_with_a_checkpoint(seg_ckpt, demo_data):
     opts = {**seg_options(demo_data), 'model.backbone.init_cfg': dict(
         type='Pretrained', checkpoint='/nowhere/beit_pretrained.pth', prefix='backbone.')}

@@ -144,11 +144,6 @@ def build_model(cfg, args):
     from mmbeit.apis import init_model
     from mmbeit.checkpoint import CheckpointError
     from mmbeit.engine.config_checks import UnknownConfigKeyError
-    if cfg.get('test_dataloader') is None:
-        # init_model insists on a test pipeline (for inference_classifier / _segmentor);
-        # a pretraining config has none and this tool does not use one: the views come
-        # from the pretraining pipeline. This placeholder is never built.
-        cfg.test_dataloader = dict(dataset=dict(pipeline=[dict(type='LoadImageRGB')]))
     try:
         model = init_model(cfg, args.checkpoint, device=args.device)
     except (FileNotFoundError, ValueError, UnknownConfigKeyError) as exc:

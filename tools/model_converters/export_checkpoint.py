@@ -90,10 +90,6 @@ def load_config(config, checkpoint) -> Config:
             sys.exit(f'error: {checkpoint!r} holds no config (meta.cfg): pass the config it '
                      'was trained with as --config')
         cfg = Config.fromstring(text, file_format='.py')
-    if cfg.get('test_dataloader') is None and 'target_generator' in cfg.get('model', {}):
-        # init_model checks for a test pipeline (it serves single-image inference); a
-        # pretraining config has none and the export runs no pipeline
-        cfg.test_dataloader = dict(dataset=dict(pipeline=[dict(type='LoadImageFromFile')]))
     return cfg
 
 

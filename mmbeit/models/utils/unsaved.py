@@ -9,7 +9,12 @@ the same reason.
 :func:`keep_out_of_checkpoints` makes ``parent.<name>`` invisible to the parent's state
 dict in both directions: ``state_dict()`` leaves its keys out, and ``load_state_dict``
 ignores such keys in a file and keeps the sub-model's current weights (so strict loading
-still works). The sub-model loads its own weights when it is built.
+still works). The sub-model loads its own weights in its ``init_weights()``: the Runner
+calls that before it loads a checkpoint (``load_from``, ``--resume``), so training always
+has them. ``mmbeit.apis.init_model`` given a checkpoint skips ``init_weights()`` and leaves
+such a sub-model as built (random, or an unfitted HOG codebook): inference of the parent's
+task does not use it (a VQ-KD tokenizes without its teacher), and a tool that does use it
+calls its ``init_weights()`` (``tools/analysis_tools/visualize_mim.py`` for the tokenizer).
 """
 import torch.nn as nn
 
