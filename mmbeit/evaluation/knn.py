@@ -145,9 +145,10 @@ def extract_features(backbone, images: torch.Tensor, feature: str = 'cls',
     ``backbone`` is duck-typed on mmbeit's ``BEiTViT``: ``backbone.forward_layers(x,
     layers)`` returns one [B, N+1, D] token tensor (cls token first) per requested block,
     before any final norm. The last block (index -1 or ``num_layers - 1``) gets the
-    backbone's ``norm`` when it has one (pretraining backbones do), as its regular forward
-    does; other blocks stay raw. The caller chooses train / eval mode and normalises the
-    images.
+    backbone's ``norm`` when it has one (pretraining backbones do), and its mean patch
+    token the pooling norm ``fc_norm`` when it has one (classifiers with mean pooling), as
+    its regular forward does; other blocks stay raw. The caller chooses train / eval mode
+    and normalises the images.
 
     Args:
         backbone: object with ``forward_layers`` (and optionally ``norm``, ``num_layers``).
@@ -176,6 +177,7 @@ def extract_features(backbone, images: torch.Tensor, feature: str = 'cls',
         raise ValueError('layers must name at least one block, e.g. (-1,)')
     num_layers = getattr(backbone, 'num_layers', None)
     norm = getattr(backbone, 'norm', None)
+    fc_norm = getattr(backbone, 'fc_norm', None)
     with torch.no_grad():
         states = forward_layers(images, layers)
         if len(states) != len(layers):
@@ -190,6 +192,8 @@ def extract_features(backbone, images: torch.Tensor, feature: str = 'cls',
             if is_last and norm is not None:
                 tokens = norm(tokens)
             cls, avg = tokens[:, 0], tokens[:, 1:].mean(dim=1)
+            if is_last and fc_norm is not None:
+                avg = fc_norm(avg)
             out = {'cls': cls, 'avg': avg}.get(feature)
             if out is None:
                 out = torch.cat([cls, avg], dim=1)

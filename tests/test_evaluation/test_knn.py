@@ -195,6 +195,12 @@ def test_extract_features_equal_the_backbones_own_outputs():
     avg0, avg1 = extract_features(raw, x, 'avg', (0, -1))
     torch.testing.assert_close(avg0, tokens[0][:, 1:].mean(dim=1), rtol=0, atol=1e-6)
     torch.testing.assert_close(avg1, tokens[1][:, 1:].mean(dim=1), rtol=0, atol=1e-6)
+    # a classifier's mean pooling: the last block's mean patch token through fc_norm
+    pooled = randomize_(tiny(final_norm=False, out_type='avg_featmap')).eval()
+    assert pooled.fc_norm is not None
+    avg, both = (extract_features(pooled, x, f)[0] for f in ('avg', 'cls_and_avg'))
+    torch.testing.assert_close(avg, pooled(x)[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(both[:, avg.shape[1]:], avg, rtol=0, atol=0)
 
 
 def test_extract_features_errors():
