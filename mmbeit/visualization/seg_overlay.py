@@ -35,7 +35,9 @@ def seg_palette(num_classes: int, seed: int = 0) -> np.ndarray:
 
     Hues step by the golden ratio from a start set by ``seed`` (neighbouring class ids
     get far-apart hues); saturation and brightness cycle through a few levels so that
-    colours of close hues still differ. Rows are unique for any ``K``.
+    colours of close hues still differ. Rows are unique for any ``K``: past a few
+    thousand classes the 9 saturation / brightness levels run out of distinct rounded
+    colours, and the rest come from the unused points of a regular RGB lattice.
     """
     if not isinstance(num_classes, (int, np.integer)) or num_classes < 0:
         raise ValueError(f'num_classes must be an integer >= 0, got {num_classes!r}')
@@ -44,7 +46,8 @@ def seg_palette(num_classes: int, seed: int = 0) -> np.ndarray:
     colours: List[tuple] = []
     seen = set()
     k = 0
-    while len(colours) < num_classes:
+    budget = 32 * num_classes  # the hue walk's steps before the lattice takes over
+    while len(colours) < num_classes and k < budget:
         hue = (start + k * _GOLDEN) % 1.0
         level = (k // 7) % (len(sats) * len(vals))
         s, v = sats[level % len(sats)], vals[level // len(sats)]
@@ -53,6 +56,18 @@ def seg_palette(num_classes: int, seed: int = 0) -> np.ndarray:
         if rgb not in seen:  # rounding can repeat a colour for very large K: skip it
             seen.add(rgb)
             colours.append(rgb)
+    if len(colours) < num_classes:
+        n = 2
+        while n ** 3 < 2 * num_classes:  # room for the lattice points the walk took
+            n += 1
+        levels = np.linspace(0, 255, n).round().astype(int)
+        for rgb in ((r, g, b) for r in levels for g in levels for b in levels):
+            if len(colours) == num_classes:
+                break
+            rgb = tuple(int(c) for c in rgb)
+            if rgb not in seen:
+                seen.add(rgb)
+                colours.append(rgb)
     return np.asarray(colours, dtype=np.uint8).reshape(num_classes, 3)
 
 

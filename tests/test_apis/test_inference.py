@@ -329,6 +329,11 @@ def test_palette_is_distinct_and_deterministic():
     np.testing.assert_array_equal(pal, seg_palette(150))
     np.testing.assert_array_equal(seg_palette(8), pal[:8])
     assert not np.array_equal(seg_palette(8, seed=1), seg_palette(8))
+    # past the hue walk's distinct colours (about 7000) the lattice fills in: it used to
+    # loop forever at 8192 (a DALL-E vocabulary)
+    big = seg_palette(8192)
+    assert len({tuple(c) for c in big}) == 8192
+    np.testing.assert_array_equal(big[:150], pal)
 
 
 def test_overlay_blends_exactly():
