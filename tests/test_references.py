@@ -58,6 +58,8 @@ UPSTREAM_FILES = {
     'optim_factory.py', 'datasets.py', 'transforms.py',
     # huggingface/transformers models/beit/, open-mmlab/mmsegmentation tools, timm
     'convert_beit_unilm_to_pytorch.py', 'modeling_beit.py', 'beit2mmseg.py', 'beit.py',
+    # facebookresearch/dino (the weighted kNN of the kNN monitor)
+    'eval_knn.py',
     # open-mmlab/mmpretrain configs/beitv2/
     'beitv2_beit-base-p16_8xb256-amp-coslr-300e_in1k.py',
 }

@@ -298,8 +298,8 @@ def test_a_pretraining_config_needs_no_test_pipeline(tmp_path):
     """A pretraining config has no test pipeline (it predicts no classes or maps) and
     loads; its tokenizer, kept out of the checkpoint, stays as built until its own
     init_weights() reads its file (docs of init_model)."""
-    cfg = Config.fromfile(osp.join(ROOT, 'configs/demo/beitv2_vit-tiny-p8_hog-tokens_150e_'
-                                         'demo-64.py'))
+    cfg = Config.fromfile(osp.join(
+        ROOT, 'configs/demo/beitv2_vit-tiny-p8_hog-tokens_150e_demo-64.py'))
     assert cfg.get('test_dataloader') is None
     built = init_model(cfg)
     ckpt = tmp_path / 'pre.pth'

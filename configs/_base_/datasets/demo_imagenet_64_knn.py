@@ -2,8 +2,7 @@
 # the demo classification set (tools/misc/make_demo_data.py, ImageNet layout, 8 classes),
 # its 640 train images as the memory bank and its 160 val images as the queries, read by
 # mmpretrain's ImageNet reader and resized / center-cropped to 64 px as the demo
-# classifiers test. Use in a config:
-#   _base_ = [..., '../_base_/datasets/demo_imagenet_64_knn.py']
+# classifiers test. Use in a config: add this file to its _base_ list, then
 #   custom_hooks = [dict(type='KNNMonitorHook', bank={{_base_.knn_bank}},
 #                        queries={{_base_.knn_queries}}, interval=10)]
 # For a user's own labelled folder (root/train/<class>/*.jpg, root/val/<class>/*.jpg) the

@@ -3,7 +3,7 @@
 A masked-image-model loss says little about the features: on the demo it sits at the
 token prior for dozens of epochs while the backbone already changes. Self-supervised
 toolboxes therefore watch a weighted kNN classifier on a small labelled set (DINO, Caron
-et al. 2021, section 4.1 and its ``eval_knn.py``: cosine similarity, k = 20, weights
+et al. 2021, section 4.1 and DINO's ``eval_knn.py``: cosine similarity, k = 20, weights
 exp(sim / 0.07)). This hook does that every ``interval`` epochs (or iterations), at the
 end of training and optionally before the first iteration:
 
