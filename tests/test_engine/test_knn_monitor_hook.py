@@ -268,10 +268,10 @@ def test_in_training_runs_scalars_tensorboard_and_log(tmp_path, demo_data):
     (dict(layer='last'), "KNNMonitorHook: layer must be an integer block index, got 'last'"),
     (dict(topk=()), 'KNNMonitorHook: topk must be integers >= 1, e.g. (1, 5), got ()'),
     (dict(topk=(1, 0)), 'KNNMonitorHook: topk must be integers >= 1, e.g. (1, 5), got (1, 0)'),
-    (dict(mean=[1, 2]), 'KNNMonitorHook: mean must be 3 numbers (one per RGB channel, 0-255 '
+    (dict(mean=[1, 2]), 'KNNMonitorHook: mean must be 3 finite numbers (R, G, B in 0-255 '
                         'units), got [1, 2]'),
-    (dict(std=[1, 0, 1]), 'KNNMonitorHook: std must be 3 positive numbers (one per RGB '
-                          'channel, 0-255 units), got [1, 0, 1]'),
+    (dict(std=[1, 0, 1]), 'KNNMonitorHook: std must be 3 positive finite numbers (R, G, B in '
+                          '0-255 units), got [1, 0, 1]'),
     (dict(bank=dict(dataset=dict())), "KNNMonitorHook: bank must be a dataloader config dict "
                                       "with 'dataset' and 'batch_size', got {'dataset': {}}"),
 ])

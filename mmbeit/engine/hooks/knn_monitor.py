@@ -29,7 +29,7 @@ import copy
 import math
 import numbers
 import time
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence
 
 import torch
 from mmengine import dist
@@ -38,25 +38,13 @@ from mmengine.model import is_model_wrapper
 from mmengine.runner import IterBasedTrainLoop, Runner
 
 from mmbeit.evaluation import FEATURES, extract_features, knn_scores, topk_correct
+from mmbeit.models.utils import check_rgb
 from mmbeit.registry import HOOKS
 
 __all__ = ['KNNMonitorHook']
 
 _FEATURE_WORDS = {'cls': 'cls token', 'avg': 'mean patch token',
                   'cls_and_avg': 'cls token + mean patch token'}
-
-
-def _three(value, name: str, positive: bool) -> Optional[Tuple[float, float, float]]:
-    if value is None:
-        return None
-    vals = list(value) if isinstance(value, (list, tuple)) else None
-    if (vals is None or len(vals) != 3
-            or not all(isinstance(v, numbers.Real) and math.isfinite(v) for v in vals)
-            or (positive and min(vals) <= 0)):
-        want = 'positive numbers' if positive else 'numbers'
-        raise ValueError(f'KNNMonitorHook: {name} must be 3 {want} (one per RGB channel, '
-                         f'0-255 units), got {value!r}')
-    return tuple(float(v) for v in vals)
 
 
 @HOOKS.register_module()
@@ -122,7 +110,9 @@ class KNNMonitorHook(Hook):
         self.interval, self.by_epoch = int(interval), bool(by_epoch)
         self.feature, self.layer, self.k = feature, int(layer), int(k)
         self.temperature, self.topk = float(temperature), tuple(int(t) for t in topk)
-        self.mean, self.std = _three(mean, 'mean', False), _three(std, 'std', True)
+        self.mean = None if mean is None else check_rgb(mean, 'mean', 'KNNMonitorHook')
+        self.std = None if std is None else check_rgb(std, 'std', 'KNNMonitorHook',
+                                                      positive=True)
         self.to_rgb, self.eval_before_train = bool(to_rgb), bool(before_train)
         self.chunk_size = int(chunk_size)
         self._loaders = None

@@ -22,28 +22,17 @@ Output, the keyword arguments of the pretraining algorithm's ``forward``:
 
 The views travel as uint8 until they reach the device (a quarter of the bytes of fp32).
 """
-import math
-from numbers import Integral, Real
-from typing import Sequence, Tuple
+from numbers import Integral
+from typing import Sequence
 
 import torch
 from mmengine.model import BaseDataPreprocessor
 
 from mmbeit.registry import MODELS
 
+from ..utils import check_rgb
+
 __all__ = ['MIMDataPreprocessor']
-
-
-def _three(values, name: str, positive: bool) -> Tuple[float, float, float]:
-    """``values`` as 3 floats (one per RGB channel), or a ValueError naming ``name``."""
-    ok = (isinstance(values, (tuple, list)) and len(values) == 3
-          and all(isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v)
-                  and (v > 0 or not positive) for v in values))
-    if not ok:
-        what = 'positive finite numbers' if positive else 'finite numbers'
-        raise ValueError(f'MIMDataPreprocessor: {name} must be 3 {what} (R, G, B in 0-255 '
-                         f'units), got {values!r}')
-    return tuple(float(v) for v in values)
 
 
 @MODELS.register_module()
@@ -79,7 +68,8 @@ class MIMDataPreprocessor(BaseDataPreprocessor):
                 and patch_size > 0):
             raise ValueError(f'MIMDataPreprocessor: patch_size must be a positive int, got '
                              f'{patch_size!r}')
-        mean, std = _three(mean, 'mean', positive=False), _three(std, 'std', positive=True)
+        mean = check_rgb(mean, 'mean', 'MIMDataPreprocessor')
+        std = check_rgb(std, 'std', 'MIMDataPreprocessor', positive=True)
         super().__init__(non_blocking=non_blocking)
         self.register_buffer('mean', torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1),
                              persistent=False)

@@ -5,9 +5,9 @@ silently on nonsense (a negative loss weight, a negative layer-scale value that 
 layer scale off)."""
 import math
 from numbers import Integral, Real
-from typing import Optional
+from typing import Optional, Tuple
 
-__all__ = ['check_int', 'check_number']
+__all__ = ['check_int', 'check_number', 'check_rgb']
 
 
 def check_int(value, name: str, owner: str, low: int = 1, high: Optional[int] = None) -> int:
@@ -44,3 +44,18 @@ def check_number(value, name: str, owner: str, low: Optional[float] = None,
     if low is not None or high is not None:
         bound = f'a finite number {bound}'
     raise ValueError(f'{owner}: {name} must be {bound}, got {value!r}')
+
+
+def check_rgb(values, name: str, owner: str, positive: bool = False
+              ) -> Tuple[float, float, float]:
+    """``values`` (a list / tuple of 3 finite numbers, one per channel in R, G, B order and
+    0-255 units: a mean or std) as 3 floats; ``positive`` refuses values <= 0 (a std).
+    Raises ValueError ``'<owner>: <name> must be 3 ...'``."""
+    ok = (isinstance(values, (tuple, list)) and len(values) == 3
+          and all(isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v)
+                  and (v > 0 or not positive) for v in values))
+    if not ok:
+        what = 'positive finite numbers' if positive else 'finite numbers'
+        raise ValueError(f'{owner}: {name} must be 3 {what} (R, G, B in 0-255 units), got '
+                         f'{values!r}')
+    return tuple(float(v) for v in values)
