@@ -51,6 +51,20 @@ def tool_main(path, *args):
 TINY = dict(embed_dims=32, num_layers=2, num_heads=4, feedforward_channels=64)
 
 
+def cli_options(options):
+    """``--cfg-options`` words for a dict of overrides (nested dicts flattened one level,
+    lists written as ``[a,b]``)."""
+    words = []
+    for key, value in options.items():
+        if isinstance(value, dict):
+            words += [f'{key}.{k}={v}' for k, v in value.items()]
+        elif isinstance(value, list):
+            words.append(f'{key}=[{",".join(map(str, value))}]')
+        else:
+            words.append(f'{key}={value}')
+    return words
+
+
 def tiny(**kwargs):
     """A 2-block, 32-dim BEiTViT on 32 px inputs with patch 8; kwargs override."""
     from mmbeit.models.backbones.beit_vit import BEiTViT

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from _helpers import ROOT, tool_main
+from _helpers import ROOT, cli_options, tool_main
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
 from PIL import Image
@@ -60,19 +60,6 @@ def cls_options(data):
 
 def seg_options(data):
     return {**SEG_TINY, 'test_dataloader.dataset.data_root': f'{data}/ade20k'}
-
-
-def cli_options(options):
-    """``--cfg-options`` words for a dict of overrides (nested dicts flattened)."""
-    words = []
-    for key, value in options.items():
-        if isinstance(value, dict):
-            words += [f'{key}.{k}={v}' for k, v in value.items()]
-        elif isinstance(value, list):
-            words.append(f'{key}=[{",".join(map(str, value))}]')
-        else:
-            words.append(f'{key}={value}')
-    return words
 
 
 def build_and_save(config, options, path, meta, scale=None):

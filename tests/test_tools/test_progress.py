@@ -15,7 +15,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from _helpers import ROOT, tool_main
+from _helpers import ROOT, cli_options, tool_main
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
 
@@ -137,19 +137,6 @@ TINY = {
 }
 
 
-def cli_options(config):
-    """``--cfg-options`` words for the overrides of ``config`` in TINY."""
-    words = []
-    for key, value in TINY[config].items():
-        if isinstance(value, dict):
-            words += [f'{key}.{k}={v}' for k, v in value.items()]
-        elif isinstance(value, list):
-            words.append(f'{key}=[{",".join(map(str, value))}]')
-        else:
-            words.append(f'{key}={value}')
-    return words
-
-
 def save_model(config, path):
     """The config's model made tiny, initialised, written as a runner would."""
     import mmbeit.models  # noqa: F401
@@ -179,7 +166,7 @@ def blocks(stdout):
 
 
 def run_infer(capfd, config, ckpt, image, *args):
-    msg = tool_main(INFER, config, ckpt, image, *args, '--cfg-options', *cli_options(config))
+    msg = tool_main(INFER, config, ckpt, image, *args, '--cfg-options', *cli_options(TINY[config]))
     std = capfd.readouterr()
     assert msg == '', msg
     return std
