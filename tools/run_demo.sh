@@ -6,7 +6,9 @@
 #   1. fits the demo's HOG tokenizer on the pretraining views (tools/misc/fit_hog_tokenizer.py);
 #   2. pretrains a tiny ViT with BEiT v2's algorithm on those tokens (150 epochs), in bf16
 #      mixed precision (--amp) where the machine runs bf16 natively (a CUDA GPU, or a CPU
-#      with AVX512-BF16 / AMX), else in fp32; DEMO_AMP=0 forces fp32;
+#      with AVX512-BF16 / AMX), else in fp32; DEMO_AMP=0 forces fp32; its kNN monitor
+#      (KNNMonitorHook, docs/monitoring.md) logs the features' kNN accuracy on the demo's
+#      labelled images every 10 epochs, and curves.png draws it next to the losses;
 #   3. classification: fine-tunes the pretrained model, and trains the same classifier
 #      from scratch with the same budget;
 #   4. segmentation (UperNet): the same pair, pretrained and from scratch;
