@@ -93,14 +93,28 @@ class BEiTAttention(nn.Module):
     q is scaled by head_dim**-0.5. With ``window_size`` set, the layer owns a relative
     position table ``relative_position_bias_table`` [T, nH] (key
     ``blocks.i.attn.relative_position_bias_table``); a shared bias can be passed to forward.
+
+    With ``attn_window`` (wh, ww) set, attention is windowed (ViTDet; docs/method.md
+    "Windowed attention for detection"): the patch grid is cut into non-overlapping
+    wh x ww windows (the grid padded at the bottom / right to a multiple of the window,
+    padded keys masked out), each patch query attends to [cls, the patches of its window],
+    and the cls query attends to every token as in a global block. The own table (if any)
+    is then for the window grid, so ``window_size`` must equal ``attn_window``.
     """
 
     def __init__(self, embed_dims: int, num_heads: int,
                  window_size: Optional[Union[int, Tuple[int, int]]] = None,
-                 qv_bias: bool = True, attn_drop: float = 0., proj_drop: float = 0.):
+                 qv_bias: bool = True, attn_drop: float = 0., proj_drop: float = 0.,
+                 attn_window: Optional[Union[int, Tuple[int, int]]] = None):
         super().__init__()
         if embed_dims % num_heads:
             raise ValueError(f'embed_dims {embed_dims} is not divisible by {num_heads} heads')
+        self.attn_window = to_2tuple(attn_window) if attn_window is not None else None
+        if (self.attn_window is not None and window_size is not None
+                and to_2tuple(window_size) != self.attn_window):
+            raise ValueError(f'a windowed attention layer indexes its relative position table '
+                             f'on the window grid: window_size {window_size} must equal '
+                             f'attn_window {attn_window}')
         self.num_heads = num_heads
         self.head_dims = embed_dims // num_heads
         self.scale = self.head_dims ** -0.5
@@ -145,11 +159,15 @@ class BEiTAttention(nn.Module):
         return bias
 
     def forward(self, x: torch.Tensor, rel_pos_bias: Optional[torch.Tensor] = None,
-                return_attn: bool = False, rel_index: Optional[torch.Tensor] = None):
+                return_attn: bool = False, rel_index: Optional[torch.Tensor] = None,
+                grid: Optional[Tuple[int, int]] = None):
         """x [B, N+1, C] -> [B, N+1, C]; ``rel_pos_bias`` [nH, N+1, N+1] is added to the
         logits. ``return_attn=True`` uses the explicit softmax path and also returns the
         attention map [B, nH, N+1, N+1]. ``rel_index`` [N+1, N+1] indexes the own table
-        for an input grid smaller than the model's (None: the model grid)."""
+        for an input grid smaller than the model's (None: the model grid). ``grid``
+        (Hp, Wp) of the patch tokens: needed (only) by a windowed layer."""
+        if self.attn_window is not None:
+            return self._forward_windowed(x, rel_pos_bias, return_attn, grid)
         b, n, c = x.shape
         q, k, v = self._qkv(x)
         bias = self._bias(rel_pos_bias, rel_index)
@@ -168,6 +186,137 @@ class BEiTAttention(nn.Module):
         out = out.transpose(1, 2).reshape(b, n, c)  # [B, N, C]
         out = self.proj_drop(self.proj(out))
         return (out, attn) if return_attn else out
+
+
+    # ---------------------------------------------------------------- windowed attention
+    def _window_table_bias(self) -> Optional[torch.Tensor]:
+        """The own table gathered on the window grid: [nH, L+1, L+1] (L = wh*ww), or None."""
+        if self.relative_position_bias_table is None:
+            return None
+        return gather_rel_pos_bias(self.relative_position_bias_table,
+                                   self.relative_position_index)
+
+    def _forward_windowed(self, x: torch.Tensor, rel_pos_bias: Optional[torch.Tensor],
+                          return_attn: bool, grid: Optional[Tuple[int, int]]):
+        b, n1, c = x.shape
+        if rel_pos_bias is not None:
+            raise ValueError('a windowed attention layer takes no shared relative position '
+                             "bias (it is for the full grid); build the model with "
+                             "rel_pos_bias='per_layer' (a shared checkpoint table is expanded "
+                             'into per-layer tables by the load path)')
+        if grid is None or grid[0] * grid[1] + 1 != n1:
+            raise ValueError(f'windowed attention needs the patch grid (Hp, Wp) of the '
+                             f'{n1 - 1} patch tokens, got grid={grid}; pass grid=')
+        q, k, v = self._qkv(x)  # 3 x [B, nH, N+1, hd]
+        table_bias = self._window_table_bias()  # [nH, L+1, L+1] or None
+        drop = self.attn_drop if self.training else 0.
+        if return_attn:
+            out, attn = _dense_window_attention(q, k, v, self.scale, grid, self.attn_window,
+                                                table_bias, drop, self.training)
+        else:
+            out = _partitioned_window_attention(q, k, v, self.scale, grid, self.attn_window,
+                                                table_bias, drop)
+        out = out.transpose(1, 2).reshape(b, n1, c)  # [B, N+1, C]
+        out = self.proj_drop(self.proj(out))
+        return (out, attn) if return_attn else out
+
+
+def _window_layout(grid: Tuple[int, int], window: Tuple[int, int]):
+    """Padded grid (Ph, Pw) and window counts (nh, nw) of ``grid`` cut into ``window``s."""
+    (hp, wp), (wh, ww) = grid, window
+    nh, nw = -(-hp // wh), -(-wp // ww)
+    return (nh * wh, nw * ww), (nh, nw)
+
+
+def window_partition(t: torch.Tensor, grid: Tuple[int, int],
+                     window: Tuple[int, int]) -> torch.Tensor:
+    """Patch tokens t [B, nH, Hp*Wp, hd] -> windows [B, nWin, nH, wh*ww, hd]: the grid is
+    zero-padded at the bottom / right to a multiple of the window, windows in row-major
+    order, tokens row-major inside each window."""
+    b, h, _, d = t.shape
+    (hp, wp), (wh, ww) = grid, window
+    (ph, pw), (nh, nw) = _window_layout(grid, window)
+    t = t.reshape(b, h, hp, wp, d)
+    if (ph, pw) != (hp, wp):
+        t = F.pad(t, (0, 0, 0, pw - wp, 0, ph - hp))  # [B, nH, Ph, Pw, hd]
+    t = t.reshape(b, h, nh, wh, nw, ww, d).permute(0, 2, 4, 1, 3, 5, 6)
+    return t.reshape(b, nh * nw, h, wh * ww, d)
+
+
+def window_unpartition(t: torch.Tensor, grid: Tuple[int, int],
+                       window: Tuple[int, int]) -> torch.Tensor:
+    """Inverse of :func:`window_partition`: [B, nWin, nH, wh*ww, hd] -> [B, nH, Hp*Wp, hd],
+    the padding removed."""
+    b, _, h, _, d = t.shape
+    (hp, wp), (wh, ww) = grid, window
+    (ph, pw), (nh, nw) = _window_layout(grid, window)
+    t = t.reshape(b, nh, nw, h, wh, ww, d).permute(0, 3, 1, 4, 2, 5, 6)
+    t = t.reshape(b, h, ph, pw, d)[:, :, :hp, :wp]
+    return t.reshape(b, h, hp * wp, d)
+
+
+def _cls_row_bias(table_bias: Optional[torch.Tensor], n: int, like: torch.Tensor
+                  ) -> Optional[torch.Tensor]:
+    """Bias of the cls query over [cls, N patches]: [nH, 1, N+1] (cls->cls, cls->token)."""
+    if table_bias is None:
+        return None
+    row = table_bias[:, 0, :2]  # [nH, 2]: cls->cls, cls->token (the same for every patch)
+    return torch.cat([row[:, :1], row[:, 1:2].expand(-1, n)], dim=1)[:, None].to(like.dtype)
+
+
+def _partitioned_window_attention(q, k, v, scale, grid, window, table_bias, drop):
+    """Fast path of windowed attention (SDPA per window). q, k, v [B, nH, N+1, hd] ->
+    [B, nH, N+1, hd]."""
+    n = grid[0] * grid[1]
+    qw, kw, vw = (window_partition(t[:, :, 1:], grid, window) for t in (q, k, v))
+    nwin = qw.shape[1]
+    kw = torch.cat([k[:, None, :, :1].expand(-1, nwin, -1, -1, -1), kw], dim=3)
+    vw = torch.cat([v[:, None, :, :1].expand(-1, nwin, -1, -1, -1), vw], dim=3)
+    # keys: [cls, window patches]; padded patches are masked out
+    valid = torch.ones(1, 1, *grid, dtype=q.dtype, device=q.device)
+    valid = window_partition(valid.reshape(1, 1, n, 1), grid, window)[0, :, 0, :, 0]
+    mask = torch.zeros_like(valid).masked_fill_(valid == 0, float('-inf'))  # [nWin, L]
+    mask = F.pad(mask, (1, 0))[:, None, None]  # [nWin, 1, 1, L+1]
+    bias = mask if table_bias is None else mask + table_bias[None, :, 1:].to(q.dtype)
+    out = F.scaled_dot_product_attention(qw, kw, vw, attn_mask=bias, dropout_p=drop,
+                                         scale=scale)  # [B, nWin, nH, L, hd]
+    patches = window_unpartition(out, grid, window)  # [B, nH, N, hd]
+    cls = F.scaled_dot_product_attention(q[:, :, :1], k, v,
+                                         attn_mask=_cls_row_bias(table_bias, n, q),
+                                         dropout_p=drop, scale=scale)  # [B, nH, 1, hd]
+    return torch.cat([cls, patches], dim=2)
+
+
+def window_attention_index(grid: Tuple[int, int], window: Tuple[int, int]) -> torch.Tensor:
+    """Dense [N+1, N+1] index into the window-grid bias [L+1, L+1] (flattened) of a
+    windowed layer, -1 where a patch query may not see a patch key (other window)."""
+    (hp, wp), (wh, ww) = grid, window
+    ys, xs = torch.meshgrid(torch.arange(hp), torch.arange(wp), indexing='ij')
+    ys, xs = ys.flatten(), xs.flatten()
+    win = (ys // wh) * -(-wp // ww) + xs // ww  # window id of each patch (row-major)
+    local = 1 + (ys % wh) * ww + xs % ww  # token id inside its window (0 is cls)
+    size = wh * ww + 1
+    index = torch.full((hp * wp + 1, hp * wp + 1), -1, dtype=torch.long)
+    same = win[:, None] == win[None, :]
+    pair = local[:, None] * size + local[None, :]
+    index[1:, 1:] = torch.where(same, pair, torch.full_like(pair, -1))
+    index[0, 0] = 0
+    index[0, 1:] = 1  # cls -> any patch: the window grid's cls->token entry
+    index[1:, 0] = local * size  # patch -> cls
+    return index
+
+
+def _dense_window_attention(q, k, v, scale, grid, window, table_bias, drop, training):
+    """Explicit-softmax windowed attention on the full [N+1, N+1] matrix (zero outside
+    the windows): the map for visualisation, and the same output as the fast path."""
+    index = window_attention_index(grid, window).to(q.device)
+    bias = torch.zeros(index.shape, dtype=q.dtype, device=q.device)
+    bias = bias.masked_fill(index < 0, float('-inf'))[None]  # [1, N+1, N+1]
+    if table_bias is not None:
+        flat = table_bias.flatten(1).to(q.dtype)  # [nH, (L+1)^2]
+        bias = bias + flat[:, index.clamp(min=0)]  # [nH, N+1, N+1]
+    attn = ((q * scale) @ k.transpose(-2, -1) + bias).softmax(dim=-1)  # [B, nH, N+1, N+1]
+    return F.dropout(attn, drop, training) @ v, attn
 
 
 class BEiTMlp(nn.Module):
@@ -193,17 +342,20 @@ class BEiTBlock(nn.Module):
 
     Args:
         window_size: patch grid for a per-layer relative position table, or None.
+        attn_window: windowed attention with windows of this many patches (see
+            :class:`BEiTAttention`), or None for global attention.
     """
 
     def __init__(self, embed_dims: int, num_heads: int, feedforward_channels: int,
                  window_size: Optional[Union[int, Tuple[int, int]]] = None,
                  qv_bias: bool = True, layer_scale_init_value: float = 0.1,
                  drop_path_rate: float = 0., drop_rate: float = 0.,
-                 attn_drop_rate: float = 0., norm_eps: float = 1e-6):
+                 attn_drop_rate: float = 0., norm_eps: float = 1e-6,
+                 attn_window: Optional[Union[int, Tuple[int, int]]] = None):
         super().__init__()
         self.norm1 = nn.LayerNorm(embed_dims, eps=norm_eps)
         self.attn = BEiTAttention(embed_dims, num_heads, window_size, qv_bias,
-                                  attn_drop_rate, drop_rate)
+                                  attn_drop_rate, drop_rate, attn_window)
         self.drop_path = DropPath(drop_path_rate)
         self.norm2 = nn.LayerNorm(embed_dims, eps=norm_eps)
         self.mlp = BEiTMlp(embed_dims, feedforward_channels, drop_rate)
@@ -214,10 +366,12 @@ class BEiTBlock(nn.Module):
             self.gamma_1 = self.gamma_2 = None
 
     def forward(self, x: torch.Tensor, rel_pos_bias: Optional[torch.Tensor] = None,
-                return_attn: bool = False, rel_index: Optional[torch.Tensor] = None):
+                return_attn: bool = False, rel_index: Optional[torch.Tensor] = None,
+                grid: Optional[Tuple[int, int]] = None):
         """x [B, N+1, D]; optional shared ``rel_pos_bias`` [nH, N+1, N+1]. With
-        ``return_attn`` returns (x, attention map [B, nH, N+1, N+1])."""
-        y = self.attn(self.norm1(x), rel_pos_bias, return_attn, rel_index)
+        ``return_attn`` returns (x, attention map [B, nH, N+1, N+1]). ``grid``: the
+        patch grid (Hp, Wp), needed by a windowed block."""
+        y = self.attn(self.norm1(x), rel_pos_bias, return_attn, rel_index, grid)
         if return_attn:
             y, attn = y
         x = x + self.drop_path(y if self.gamma_1 is None else self.gamma_1 * y)
@@ -269,6 +423,12 @@ class BEiTViT(BaseModule):
         frozen_stages (int): -1 none; 0 embeddings; k also blocks 0..k-1 (kept in eval);
             L also the final norms and the shared relative table.
         with_cp (bool): activation checkpointing per block during training.
+        window_size (int | tuple | None): windowed attention (ViTDet, docs/method.md
+            "Windowed attention for detection"): patches per window side, e.g. 14 = the
+            pretraining grid of 224 / 16. Needs ``window_block_indexes``.
+        window_block_indexes (Sequence[int]): blocks (0-based, negative ok) that attend
+            within windows; the others attend globally. Their relative position tables
+            are for the window grid, those of the global blocks for the full grid.
     """
     arch_zoo = {
         **dict.fromkeys(['t', 'tiny'], dict(embed_dims=192, num_layers=12, num_heads=3,
@@ -290,6 +450,8 @@ class BEiTViT(BaseModule):
                  out_indices: Union[int, Sequence[int]] = -1, out_type: str = 'avg_featmap',
                  final_norm: bool = False, use_mask_token: bool = False,
                  frozen_stages: int = -1, with_cp: bool = False, norm_eps: float = 1e-6,
+                 window_size: Optional[Union[int, Tuple[int, int]]] = None,
+                 window_block_indexes: Sequence[int] = (),
                  init_cfg: Optional[Union[dict, List[dict]]] = None):
         super().__init__(init_cfg=init_cfg)
         if isinstance(arch, str):
@@ -331,13 +493,18 @@ class BEiTViT(BaseModule):
         self.pos_drop = nn.Dropout(drop_rate)
         self.rel_pos_bias = RelativePositionBias(
             self.patch_resolution, self.num_heads) if rel_pos_bias == 'shared' else None
+        self.window_size, self.window_block_indexes = self._check_windows(
+            window_size, window_block_indexes)
         dpr = torch.linspace(0, drop_path_rate, self.num_layers).tolist()
-        window = self.patch_resolution if rel_pos_bias == 'per_layer' else None
-        self.blocks = nn.ModuleList([
-            BEiTBlock(dims, self.num_heads, arch['feedforward_channels'], window, qv_bias,
-                      layer_scale_init_value, dpr[i], drop_rate, attn_drop_rate, norm_eps)
-            for i in range(self.num_layers)
-        ])
+        blocks = []
+        for i in range(self.num_layers):
+            attn_window = self.window_size if i in self.window_block_indexes else None
+            table = (attn_window or self.patch_resolution) \
+                if rel_pos_bias == 'per_layer' else None
+            blocks.append(BEiTBlock(dims, self.num_heads, arch['feedforward_channels'], table,
+                                    qv_bias, layer_scale_init_value, dpr[i], drop_rate,
+                                    attn_drop_rate, norm_eps, attn_window))
+        self.blocks = nn.ModuleList(blocks)
         self.norm = nn.LayerNorm(dims, eps=norm_eps) if final_norm else None
         self.fc_norm = nn.LayerNorm(dims, eps=norm_eps) if out_type == 'avg_featmap' else None
 
@@ -352,6 +519,35 @@ class BEiTViT(BaseModule):
         self.out_indices = sorted(set(indices))
         self._index_cache = {}  # relative position indices of smaller input grids
         self._freeze_stages()
+
+    def _check_windows(self, window_size, window_block_indexes):
+        """Validate the windowed-attention arguments; (window (h, w) or None, sorted
+        non-negative block indexes)."""
+        indexes = list(window_block_indexes or ())
+        if window_size is None and not indexes:
+            return None, []
+        if window_size is None or not indexes:
+            raise ValueError(
+                'BEiTViT windowed attention needs both window_size (patches per window '
+                'side, e.g. 14) and window_block_indexes (the windowed blocks, e.g. '
+                f'[0, 1, 3, 4, 6, 7, 9, 10]); got window_size={window_size!r}, '
+                f'window_block_indexes={window_block_indexes!r}')
+        window = to_2tuple(window_size)
+        if min(window) < 1:
+            raise ValueError(f'window_size must be positive, got {window_size!r}')
+        if self.rel_pos_mode == 'shared':
+            raise ValueError(
+                "windowed attention needs rel_pos_bias='per_layer' (or None), not 'shared': "
+                'one shared table cannot serve the window grid and the full grid; the load '
+                'path expands a shared checkpoint table into per-layer tables')
+        real = []
+        for idx in indexes:
+            r = idx + self.num_layers if isinstance(idx, int) and idx < 0 else idx
+            if not isinstance(idx, int) or not 0 <= r < self.num_layers:
+                raise IndexError(f'window_block_indexes: {idx!r} is not a block index of '
+                                 f'{self.num_layers} blocks')
+            real.append(r)
+        return window, sorted(set(real))
 
     # ------------------------------------------------------------------ init / freezing
     def init_weights(self) -> None:
@@ -496,19 +692,19 @@ class BEiTViT(BaseModule):
 
     def _prepare(self, x: torch.Tensor, mask: Optional[torch.Tensor]):
         """Embed ``x`` and return (tokens [B, N+1, D], shared bias or None, relative
-        position index of the input grid or None for the model grid)."""
-        index = self._grid_extras((x.shape[-2] // self.patch_size,
-                                   x.shape[-1] // self.patch_size))
-        return self._embed(x, mask), self.shared_rel_pos_bias(index), index
+        position index of the input grid or None for the model grid, patch grid)."""
+        grid = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
+        index = self._grid_extras(grid)
+        return self._embed(x, mask), self.shared_rel_pos_bias(index), index, grid
 
     def _run_blocks(self, x, mask, keep, fmt, order) -> List[torch.Tensor]:
-        x, shared, index = self._prepare(x, mask)
+        x, shared, index, grid = self._prepare(x, mask)
         states = {}
         for i, blk in enumerate(self.blocks[:max(keep) + 1]):
             if self.with_cp and self.training:
-                x = cp.checkpoint(blk, x, shared, False, index, use_reentrant=False)
+                x = cp.checkpoint(blk, x, shared, False, index, grid, use_reentrant=False)
             else:
-                x = blk(x, shared, rel_index=index)
+                x = blk(x, shared, rel_index=index, grid=grid)
             if i in keep:
                 states[i] = fmt(i, x)
         return [states[i] for i in order]
@@ -530,11 +726,12 @@ class BEiTViT(BaseModule):
     def get_attention_maps(self, x: torch.Tensor,
                            mask: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
         """Attention probabilities of every block, each [B, nH, N+1, N+1], computed with
-        the explicit softmax(q k^T * scale + bias) path (for visualisation)."""
-        x, shared, index = self._prepare(x, mask)
+        the explicit softmax(q k^T * scale + bias) path (for visualisation). A windowed
+        block's map is zero between patches of different windows."""
+        x, shared, index, grid = self._prepare(x, mask)
         maps = []
         for blk in self.blocks:
-            x, attn = blk(x, shared, return_attn=True, rel_index=index)
+            x, attn = blk(x, shared, return_attn=True, rel_index=index, grid=grid)
             maps.append(attn)
         return maps
 
@@ -656,8 +853,10 @@ class BEiTViT(BaseModule):
 
     def _describe(self) -> str:
         scale = 'on' if self.blocks[0].gamma_1 is not None else 'off'
+        windows = '' if self.window_size is None else \
+            f', windows {self.window_size} in blocks {self.window_block_indexes}'
         return (f'BEiTViT (arch {self.embed_dims}x{self.num_layers}, rel_pos_bias='
-                f'{self.rel_pos_mode!r}, layer scale {scale})')
+                f'{self.rel_pos_mode!r}, layer scale {scale}{windows})')
 
 
 # ---------------------------------------------------------------------------------------
@@ -675,6 +874,11 @@ def _grid_from_num_patches(num: int, like: Tuple[int, int]) -> Tuple[int, int]:
     return min(cands, key=lambda g: abs(math.log(g[0] / g[1]) - math.log(like[0] / like[1])))
 
 
+def _block_ids(keys: Sequence[str]) -> List[int]:
+    """[i, ...] of ``...blocks.i.attn...`` keys."""
+    return [int(re.search(r'blocks\.(\d+)\.attn', k).group(1)) for k in keys]
+
+
 def adapt_beit_state_dict_(model: BEiTViT, state_dict: Dict[str, torch.Tensor],
                            prefix: str = '') -> None:
     """Transform ``state_dict`` IN PLACE so that ``model`` can load it (keys under
@@ -685,7 +889,9 @@ def adapt_beit_state_dict_(model: BEiTViT, state_dict: Dict[str, torch.Tensor],
        run_class_finetuning.py); if
        the checkpoint has per-layer tables while the model wants a shared one, raise;
     3. resize relative tables (geometric bicubic) and ``pos_embed`` (bicubic) whose grid
-       differs from the model's; the source grid is taken as square when it can be;
+       differs from the model's; the source grid is taken as square when it can be. A
+       windowed block's table is sized for its window grid (kept as it is when the file's
+       grid is the window, and said so), a global block's for the full grid;
 
     Each step is recorded with :func:`~mmbeit.checkpoint.note_adapted` /
     :func:`~mmbeit.checkpoint.note_dropped` (in the load's report table, or the log).
@@ -724,22 +930,38 @@ def adapt_beit_state_dict_(model: BEiTViT, state_dict: Dict[str, torch.Tensor],
 
     src_grid = None
     if model.rel_pos_mode is not None:
-        want = rel_pos_table_len(grid)
-        table_keys = [shared_key] if model.rel_pos_mode == 'shared' else [
-            f'{prefix}blocks.{i}.attn.relative_position_bias_table'
-            for i in range(model.num_layers)]
-        resized = []
-        for k in table_keys:
+        # each table is sized for its block: the window grid in a windowed block, else the
+        # full grid (the shared table: the full grid)
+        targets = [(shared_key, grid)] if model.rel_pos_mode == 'shared' else [
+            (f'{prefix}blocks.{i}.attn.relative_position_bias_table',
+             blk.attn.window_size) for i, blk in enumerate(model.blocks)]
+        windowed = {f'{prefix}blocks.{i}.attn.relative_position_bias_table'
+                    for i in getattr(model, 'window_block_indexes', ())}
+        resized: Dict[tuple, List[str]] = OrderedDict()
+        kept = []
+        for k, dst in targets:
             t = state_dict.get(k)
-            if t is None or t.ndim != 2 or t.shape[0] == want or t.shape[1] != model.num_heads:
+            if t is None or t.ndim != 2 or t.shape[1] != model.num_heads:
                 continue
-            src_grid = grid_from_table_len(t.shape[0], like=grid)
-            state_dict[k] = resize_rel_pos_table(t, src_grid, grid)
-            resized.append(k)
-        if resized:
-            note_adapted(f'{len(resized)} relative position table(s)',
-                         f'resized from grid {src_grid} to {grid} (geometric-progression '
-                         'bicubic)')
+            if t.shape[0] == rel_pos_table_len(dst):
+                if k in windowed:
+                    kept.append(k)
+                continue
+            src = grid_from_table_len(t.shape[0], like=dst)
+            state_dict[k] = resize_rel_pos_table(t, src, dst)
+            resized.setdefault((src, dst), []).append(k)
+            if dst == grid or src_grid is None:
+                src_grid = src
+        if kept:
+            note_adapted(f'{len(kept)} relative position table(s) of windowed blocks '
+                         f'{_block_ids(kept)}',
+                         f'kept as in the file: their window grid {model.window_size} is '
+                         'the grid the file was made for (no resize)')
+        for (src, dst), keys in resized.items():
+            which = f' of {"windowed" if keys[0] in windowed else "global"} blocks ' \
+                f'{_block_ids(keys)}' if windowed else ''
+            note_adapted(f'{len(keys)} relative position table(s){which}',
+                         f'resized from grid {src} to {dst} (geometric-progression bicubic)')
 
     pos_key = prefix + 'pos_embed'
     pos = state_dict.get(pos_key)
