@@ -278,9 +278,15 @@ def _partitioned_window_attention(q, k, v, scale, grid, window, table_bias, drop
     mask = torch.zeros_like(valid).masked_fill_(valid == 0, float('-inf'))  # [nWin, L]
     mask = F.pad(mask, (1, 0))[:, None, None]  # [nWin, 1, 1, L+1]
     bias = mask if table_bias is None else mask + table_bias[None, :, 1:].to(q.dtype)
-    out = F.scaled_dot_product_attention(qw, kw, vw, attn_mask=bias, dropout_p=drop,
-                                         scale=scale)  # [B, nWin, nH, L, hd]
-    patches = window_unpartition(out, grid, window)  # [B, nH, N, hd]
+    # 4-D [B*nWin, nH, ., hd] so that SDPA can pick a fused kernel (5-D falls back to math)
+    b, _, h, length, d = qw.shape
+    bias = bias.expand(b, -1, h, length, -1).reshape(b * nwin, h, length, length + 1)
+    out = F.scaled_dot_product_attention(
+        qw.reshape(b * nwin, h, length, d), kw.reshape(b * nwin, h, length + 1, d),
+        vw.reshape(b * nwin, h, length + 1, d), attn_mask=bias, dropout_p=drop,
+        scale=scale)  # [B*nWin, nH, L, hd]
+    patches = window_unpartition(out.reshape(b, nwin, h, length, d), grid,
+                                 window)  # [B, nH, N, hd]
     cls = F.scaled_dot_product_attention(q[:, :, :1], k, v,
                                          attn_mask=_cls_row_bias(table_bias, n, q),
                                          dropout_p=drop, scale=scale)  # [B, nH, 1, hd]
