@@ -32,7 +32,8 @@ def demo_data(tmp_path_factory):
     """A small copy of the demo datasets (same generator, fewer images)."""
     out = tmp_path_factory.mktemp('demo') / 'demo'
     run_tool(['tools/misc/make_demo_data.py', '--out', out, '--train-per-class', '8',
-              '--val-per-class', '2', '--seg-train', '8', '--seg-val', '4'])
+              '--val-per-class', '2', '--seg-train', '8', '--seg-val', '4',
+              '--coco-train', '8', '--coco-val', '4'])
     return out
 
 
