@@ -222,7 +222,8 @@ def test_coco_masks_are_the_painted_pixels(coco_run):
 
 def test_coco_masks_read_the_same_with_pycocotools(coco_run):
     pytest.importorskip('pycocotools', reason='pycocotools is not installed (it comes with '
-                        'mmdet: tools/install.sh); the own RLE decoder above checks the masks')
+                        'mmdet, which the stack does not install yet: issue 17); the own '
+                        'RLE decoder above checks the masks')
     from pycocotools import mask as mask_utils
     from pycocotools.coco import COCO
     _, out, _ = coco_run
@@ -237,7 +238,8 @@ def test_coco_masks_read_the_same_with_pycocotools(coco_run):
 
 
 def test_coco_layout_reads_with_mmdet(demo_data):
-    pytest.importorskip('mmdet', reason='mmdet is not installed (tools/install.sh adds it)')
+    pytest.importorskip('mmdet', reason='mmdet is not installed (not in the stack yet: '
+                                         'issue 17)')
     from mmdet.datasets import CocoDataset
     root = demo_data / 'coco'
     classes = [c['name'] for c in json.loads(
