@@ -89,10 +89,14 @@ def set_amp(cfg: Config, amp) -> None:
 TENSORBOARD = 'TensorboardVisBackend'
 
 
-def _is_tensorboard(backend) -> bool:
-    kind = backend.get('type') if isinstance(backend, dict) else None
+def _type_name(kind) -> str:
+    """A config ``type`` (a name with or without scope, or a class) as its bare name."""
     name = kind if isinstance(kind, str) else getattr(kind, '__name__', '')
-    return name.rsplit('.', 1)[-1] == TENSORBOARD
+    return name.rsplit('.', 1)[-1]
+
+
+def _is_tensorboard(backend) -> bool:
+    return isinstance(backend, dict) and _type_name(backend.get('type')) == TENSORBOARD
 
 
 def _iteration_based(cfg: Config) -> bool:
@@ -100,8 +104,7 @@ def _iteration_based(cfg: Config) -> bool:
     kind = loop.get('type')
     if kind is None:  # mmengine picks the loop from by_epoch / max_iters
         return 'max_iters' in loop or loop.get('by_epoch') is False
-    name = kind if isinstance(kind, str) else getattr(kind, '__name__', '')
-    return name.rsplit('.', 1)[-1] == 'IterBasedTrainLoop'
+    return _type_name(kind) == 'IterBasedTrainLoop'
 
 
 def add_tensorboard(cfg: Config) -> Optional[str]:

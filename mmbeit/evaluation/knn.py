@@ -23,10 +23,13 @@ from typing import Dict, List, Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ['knn_scores', 'topk_correct', 'extract_features', 'FEATURES']
+__all__ = ['knn_scores', 'topk_correct', 'extract_features', 'FEATURES', 'FEATURE_NAMES']
 
 #: what :func:`extract_features` can return per layer
 FEATURES = ('cls', 'avg', 'cls_and_avg')
+#: how logs and tables name each feature
+FEATURE_NAMES = {'cls': 'cls token', 'avg': 'mean patch token',
+                 'cls_and_avg': 'cls token + mean patch token'}
 
 
 def _check_int(name: str, value, minimum: int) -> int:

@@ -57,9 +57,6 @@ from PIL import Image
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 CROP_RATIO = 0.875  # img_size / resize size, the usual ImageNet evaluation crop
-IMG_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.tif', '.tiff')
-FEATURE_WORDS = {'cls': 'cls token', 'avg': 'mean patch token',
-                 'cls_and_avg': 'cls token + mean patch token'}
 
 
 class KNNEvalError(ValueError):
@@ -181,11 +178,12 @@ def _class_images(folder: str, max_per_class: Optional[int]) -> 'OrderedDict[str
     out = OrderedDict()
     for name in classes:
         root = osp.join(folder, name)
-        files = sorted(osp.join(dirpath, f) for dirpath, _, names in os.walk(root)
-                       for f in names
-                       if not f.startswith('.') and f.lower().endswith(IMG_EXTS))
+        # the pretraining folders' rule: recursive, any case, hidden entries skipped
+        from mmbeit.datasets.unlabeled_folder import IMG_EXTENSIONS, list_images
+        files = [osp.join(root, f) for f in list_images(root)]
         if not files:
-            raise KNNEvalError(f'class folder {root} has no images ({", ".join(IMG_EXTS)})')
+            raise KNNEvalError(f'class folder {root} has no images '
+                               f'({", ".join(IMG_EXTENSIONS)})')
         out[name] = files[:max_per_class]
     return out
 
@@ -445,6 +443,7 @@ def run(args) -> Dict:
 
 
 def _describe(out: Dict) -> str:
+    from mmbeit.evaluation import FEATURE_NAMES
     bb = out['backbone']
     arch = bb.get('arch', {})
     if isinstance(arch, dict) and arch:
@@ -454,7 +453,7 @@ def _describe(out: Dict) -> str:
             if out['random_init'] else out['source'])
     size = 'x'.join(str(s) for s in out['img_size'])
     return (f"knn_eval: {what}\n  BEiTViT {arch}, patch {bb.get('patch_size')}, {size} px; "
-            f"feature: {FEATURE_WORDS[out['feature']]}; {out['num_train']} train / "
+            f"feature: {FEATURE_NAMES[out['feature']]}; {out['num_train']} train / "
             f"{out['num_val']} val images, {len(out['classes'])} classes; embedding took "
             f"{out['embed_seconds']:.1f} s")
 

@@ -37,14 +37,17 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.runner import IterBasedTrainLoop, Runner
 
-from mmbeit.evaluation import FEATURES, extract_features, knn_scores, topk_correct
+from mmbeit.evaluation import (
+    FEATURE_NAMES,
+    FEATURES,
+    extract_features,
+    knn_scores,
+    topk_correct,
+)
 from mmbeit.models.utils import check_rgb
 from mmbeit.registry import HOOKS
 
 __all__ = ['KNNMonitorHook']
-
-_FEATURE_WORDS = {'cls': 'cls token', 'avg': 'mean patch token',
-                  'cls_and_avg': 'cls token + mean patch token'}
 
 
 @HOOKS.register_module()
@@ -318,7 +321,7 @@ class KNNMonitorHook(Hook):
         when = f'epoch {epoch}, ' if self.by_epoch and epoch is not None else ''
         accs = ', '.join(f'top-{t} {results[f"knn/top{t}"]:.2f}' for t in self.topk)
         runner.logger.info(
-            f'kNN (k={self.k}, T={self.temperature:g}, {_FEATURE_WORDS[self.feature]} of '
+            f'kNN (k={self.k}, T={self.temperature:g}, {FEATURE_NAMES[self.feature]} of '
             f'block {where}) at {when}iter {step}: {accs} | bank '
             f'{bank.shape[0]}, queries {num_queries}, {num_classes} classes | '
             f'{seconds:.1f} s; kNN total {self._knn_seconds:.1f} s{share}')
