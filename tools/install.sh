@@ -16,7 +16,8 @@
 #      built once and cached in $MMBEIT_CACHE (default ~/.cache/mmbeit/wheels), keyed
 #      by the torch and Python versions; later installs reuse it.
 #      CPU ops by default; MMBEIT_MMCV_CUDA=1 builds the CUDA ops too (needs nvcc).
-#   4. the rest of requirements/runtime.txt, then mmbeit itself (pip install -e .)
+#   4. the rest of requirements/runtime.txt (mmengine, mmpretrain, mmseg, mmdet 3.3.0:
+#      wheels only, under the same constraints), then mmbeit itself (pip install -e .)
 #   5. a check: imports, one mmcv.ops call, the versions. On failure it says what and how.
 # Nothing inside site-packages is patched.
 set -euo pipefail
@@ -28,7 +29,7 @@ WITH_TESTS=0
 for arg in "$@"; do
   case "$arg" in
     --tests) WITH_TESTS=1 ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown argument '$arg' (use --tests or --help)" >&2; exit 2 ;;
   esac
 done
