@@ -29,7 +29,7 @@ WITH_TESTS=0
 for arg in "$@"; do
   case "$arg" in
     --tests) WITH_TESTS=1 ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown argument '$arg' (use --tests or --help)" >&2; exit 2 ;;
   esac
 done
