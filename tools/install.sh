@@ -16,7 +16,8 @@
 #      built once and cached in $MMBEIT_CACHE (default ~/.cache/mmbeit/wheels), keyed
 #      by the torch and Python versions; later installs reuse it.
 #      CPU ops by default; MMBEIT_MMCV_CUDA=1 builds the CUDA ops too (needs nvcc).
-#   4. the rest of requirements/runtime.txt, then mmbeit itself (pip install -e .)
+#   4. the rest of requirements/runtime.txt (mmengine, mmpretrain, mmseg, mmdet 3.3.0:
+#      wheels only, under the same constraints), then mmbeit itself (pip install -e .)
 #   5. a check: imports, one mmcv.ops call, the versions. On failure it says what and how.
 # Nothing inside site-packages is patched.
 set -euo pipefail
