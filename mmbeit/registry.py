@@ -6,6 +6,8 @@ back to mmengine's for the generic ones (runners, loops, optimizers, ...) and re
 ``mmpretrain.X`` / ``mmseg.X`` through the scope prefix. We never hang our registries
 under mmpretrain's or mmseg's: a config can mix all three and each keeps its own names.
 """
+from importlib.metadata import PackageNotFoundError, version
+
 from mmengine.registry import DATA_SAMPLERS as MMENGINE_DATA_SAMPLERS
 from mmengine.registry import DATASETS as MMENGINE_DATASETS
 from mmengine.registry import EVALUATOR as MMENGINE_EVALUATOR
@@ -38,6 +40,43 @@ __all__ = [
     'METRICS', 'EVALUATOR', 'TASK_UTILS', 'VISUALIZERS', 'VISBACKENDS',
     'LOG_PROCESSORS', 'INFERENCERS', 'FUNCTIONS'
 ]
+
+
+# -- the one adjustment mmbeit makes to the OpenMMLab stack it runs on ----------
+#
+# mmpretrain 1.2.0 imports its multimodal models (BLIP, Flamingo, OFA, ...) whenever
+# pycocotools and transformers >= 4.28 are both installed (``mmpretrain.utils.dependency.
+# WITH_MULTIMODAL``). pycocotools comes with mmdet, and those models are written for
+# transformers 4.x: under 5.x ``import mmpretrain.models`` fails (``TypeError: NoneType takes
+# no arguments`` from a name transformers 5 removed). mmdet.models imports mmpretrain.models
+# and mmseg.models imports mmdet.models, so every detection *and* segmentation config would
+# fail. mmbeit uses none of the multimodal models; with transformers 5 installed it turns
+# the flag off, so mmpretrain registers its own placeholders for them (building one then says
+# which extra to install) and everything else imports.
+#
+# It runs when this module is imported, which every config with
+# ``default_scope='mmbeit'`` and every mmbeit tool does before the stack's models; a bare
+# ``import mmbeit`` still changes nothing.
+
+
+def multimodal_off() -> bool:
+    """Whether mmpretrain's multimodal models must stay unimported here (transformers >= 5)."""
+    try:
+        major = int(version('transformers').split('.')[0])
+    except (PackageNotFoundError, ValueError):
+        return False  # without transformers mmpretrain already skips them
+    return major >= 5
+
+
+def switch_off_broken_multimodal() -> None:
+    """Set ``WITH_MULTIMODAL = False`` in mmpretrain before its models are imported."""
+    if not multimodal_off():
+        return
+    import mmpretrain.utils.dependency as dependency
+    dependency.WITH_MULTIMODAL = False
+
+
+switch_off_broken_multimodal()
 
 # runtime
 RUNNERS = Registry('runner', parent=MMENGINE_RUNNERS, locations=['mmbeit.engine'])

@@ -37,13 +37,13 @@ def test_multimodal_import_failure_gets_its_own_hint(check_env):
         exec(code, {})
     hint = check_env.multimodal_hint(info.value)
     assert hint.startswith('mmpretrain 1.2.0 imports its multimodal models because pycocotools')
-    assert 'import mmbeit first' in hint
+    assert 'import mmbeit.registry first' in hint
     assert check_env.multimodal_hint(TypeError('elsewhere')) == ''
 
 
 def test_mmdet_op_path_runs_and_a_wrong_result_is_reported(check_env, monkeypatch):
     pytest.importorskip('mmdet')
-    import mmbeit  # noqa: F401 - as check_env does: before mmdet.models
+    import mmbeit.registry  # noqa: F401 - as check_env does: before mmdet.models
     assert check_env.check_mmdet_ops() == []
     import mmdet.models.layers as layers
     real = layers.multiclass_nms

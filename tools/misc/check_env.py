@@ -42,9 +42,9 @@ def multimodal_hint(exc: Exception) -> str:
     except PackageNotFoundError:
         tf = 'not installed'
     return (f'mmpretrain 1.2.0 imports its multimodal models because pycocotools and '
-            f'transformers ({tf}) are installed, and they need transformers 4.x; import mmbeit '
-            f'first (it switches them off), or `pip uninstall transformers` where the tests '
-            f'are not run')
+            f'transformers ({tf}) are installed, and they need transformers 4.x; import '
+            f'mmbeit.registry first (it switches them off), or `pip uninstall transformers` '
+            f'where the tests are not run')
 
 
 def check_mmdet_ops() -> list:
@@ -89,7 +89,7 @@ def main() -> int:
         ('torchvision', 'a CPU-only torch (`+cpu`) cannot load the registry torchvision; ' + FIX),
         ('mmcv.ops', 'mmcv was installed without compiled ops (mmcv-lite or a wheel for another '
                      'torch); remove it (`pip uninstall mmcv mmcv-lite`) and ' + FIX),
-        ('mmengine', FIX), ('mmpretrain', FIX), ('mmbeit', FIX), ('mmseg.models', FIX),
+        ('mmengine', FIX), ('mmpretrain', FIX), ('mmbeit.registry', FIX), ('mmseg.models', FIX),
         ('mmdet.models', FIX),
     ] + ([('pytest', FIX.replace('install.sh', 'install.sh --tests')),
           ('timm', FIX.replace('install.sh', 'install.sh --tests'))] if args.tests else []):
