@@ -313,26 +313,45 @@ def main(argv=None) -> int:
     parser.add_argument('--coco-val', type=int, default=25)
     parser.add_argument('--coco-size', type=int, default=128, help='COCO image side')
     parser.add_argument('--force', action='store_true',
-                        help='replace an existing output folder (otherwise it is kept)')
+                        help='replace an existing output folder (otherwise it is kept, and '
+                        'only a layout it lacks is added)')
     args = parser.parse_args(argv)
 
-    if osp.exists(args.out) and not args.force:
-        print(f'[make_demo_data] {args.out} exists; keeping it (pass --force to rewrite)')
-        return 0
     from mmbeit.checkpoint import atomic_output
+
+    cv2.setNumThreads(1)
+    layouts = {
+        'imagenet': lambda out: make_imagenet(
+            out, np.random.default_rng([args.seed, 1]),
+            {'train': args.train_per_class, 'val': args.val_per_class}, args.cls_size),
+        'ade20k': lambda out: make_ade20k(
+            out, np.random.default_rng([args.seed, 2]),
+            {'training': args.seg_train, 'validation': args.seg_val}, args.seg_size),
+        'coco': lambda out: make_coco(
+            out, np.random.default_rng([args.seed, 3]),
+            {'train': args.coco_train, 'val': args.coco_val}, args.coco_size),
+    }
+    if osp.exists(args.out) and not args.force:
+        # keep what is there; add a layout this version writes and the folder lacks (a
+        # demo folder from before the COCO set). Each layout has its own random stream,
+        # so the added one is the one a fresh run would write.
+        missing = [name for name in layouts if not osp.exists(osp.join(args.out, name))]
+        if not missing:
+            print(f'[make_demo_data] {args.out} exists; keeping it (pass --force to rewrite)')
+            return 0
+        for name in missing:
+            with atomic_output(osp.join(args.out, name)) as tmp:
+                layouts[name](tmp)
+        print(f'[make_demo_data] {args.out} exists; kept it and added {", ".join(missing)} '
+              f'(pass --force to rewrite all)')
+        return 0
 
     # Build in a temporary sibling folder that replaces args.out only when complete: an
     # interrupted run leaves no half-written dataset under the final name, and with
     # --force the old one stays until the new one is there.
-    cv2.setNumThreads(1)
     with atomic_output(args.out.rstrip('/') or args.out) as tmp:
-        make_imagenet(osp.join(tmp, 'imagenet'), np.random.default_rng([args.seed, 1]),
-                      {'train': args.train_per_class, 'val': args.val_per_class},
-                      args.cls_size)
-        make_ade20k(osp.join(tmp, 'ade20k'), np.random.default_rng([args.seed, 2]),
-                    {'training': args.seg_train, 'validation': args.seg_val}, args.seg_size)
-        make_coco(osp.join(tmp, 'coco'), np.random.default_rng([args.seed, 3]),
-                  {'train': args.coco_train, 'val': args.coco_val}, args.coco_size)
+        for name, make in layouts.items():
+            make(osp.join(tmp, name))
     print(f'[make_demo_data] wrote {args.out}: imagenet ({len(SHAPES)} classes, '
           f'{args.train_per_class}/{args.val_per_class} per class, {args.cls_size}px), '
           f'ade20k ({len(SEG_CLASSES)} classes, {args.seg_train}/{args.seg_val} images, '

@@ -1,4 +1,5 @@
 """Necks of mmbeit."""
 from .beitv2_neck import BEiTV2Neck
+from .simple_fpn import LayerNorm2d, SimpleFeaturePyramid
 
-__all__ = ['BEiTV2Neck']
+__all__ = ['BEiTV2Neck', 'LayerNorm2d', 'SimpleFeaturePyramid']
