@@ -4,8 +4,9 @@
 # decay (mmbeit's constructor: 0.7 for ViT-B, 0.8 for ViT-L, set by the leaf); the
 # pyramid and heads get the full lr. Weight decay is off for 1-D parameters (norms, layer
 # scales, biases), pos_embed and cls_token, as in our fine-tuning; detectron2 exempts
-# norms and pos_embed only, so conv / linear biases there do decay. Linear warmup over 250 iterations from 0.001 of the lr, then x0.1 at
-# iterations 163889 and 177546 (88.9 % and 96.3 %).
+# norms and pos_embed only, so conv / linear biases there do decay. Linear warmup over
+# 250 iterations from 0.001 of the lr, then x0.1 at iterations 163889 and 177546 (88.9 %
+# and 96.3 %).
 optim_wrapper = dict(
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.1),
