@@ -14,6 +14,10 @@
 #   4. segmentation (UperNet): the same pair, pretrained and from scratch;
 #   5. prints the pretrained-vs-scratch table (top-1, mIoU) and writes it to
 #      WORK_DIR/transfer.md.
+# DEMO_DETECTION=1 adds 6. detection and instance segmentation (Mask R-CNN, ViTDet style,
+# on the demo COCO-layout data): the same pair, with box / mask AP in a second table
+# (WORK_DIR/transfer_detection.md). It is opt-in because it doubles the demo's time on
+# two CPU cores (~25 more minutes; numbers in configs/demo/README.md).
 # Why HOG tokens and not a VQ-KD's: configs/demo/README.md (the VQ-KD demo tokenizer, which
 # can only distil a random teacher here, is its own config there).
 # work_dirs/demo/latest points at the newest run (the demo transfer configs' default
@@ -56,5 +60,16 @@ echo "[run_demo] pretrained vs scratch (demo val sets):"
     "classification, scratch=$WORK_DIR/cls_scratch" \
     "segmentation, pretrained (HOG tokens)=$WORK_DIR/seg_pretrained" \
     "segmentation, scratch=$WORK_DIR/seg_scratch"
+if [[ "${DEMO_DETECTION:-0}" != 0 ]]; then
+    "$PY" tools/train.py configs/demo/beitv2_vit-tiny-p8_mask-rcnn_demo-coco-128.py \
+        --work-dir "$WORK_DIR/det_pretrained" "$@" "${FROM_PRETRAINED[@]}"
+    "$PY" tools/train.py configs/demo/beit_vit-tiny-p8_mask-rcnn-scratch_demo-coco-128.py \
+        --work-dir "$WORK_DIR/det_scratch" "$@"
+    echo "[run_demo] detection, pretrained vs scratch (demo COCO val, AP in %):"
+    "$PY" tools/analysis_tools/compare_runs.py --out "$WORK_DIR/transfer_detection.md" \
+        --metrics coco/bbox_mAP coco/segm_mAP --percent \
+        "Mask R-CNN, pretrained (HOG tokens)=$WORK_DIR/det_pretrained" \
+        "Mask R-CNN, scratch=$WORK_DIR/det_scratch"
+fi
 echo "[run_demo] done: logs and checkpoints in $WORK_DIR/" \
     "{hog_tokens.pth,pretrain,cls_pretrained,cls_scratch,seg_pretrained,seg_scratch}"

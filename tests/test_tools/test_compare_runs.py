@@ -45,3 +45,16 @@ def test_a_run_without_the_metrics_or_a_label_is_an_error(tmp_path):
         'accuracy/top1, mIoU' in msg
     assert 'give each run as LABEL=WORK_DIR' in tool_main(TOOL, str(tmp_path / 'a'))
     assert 'does not exist' in tool_main(TOOL, f'x={tmp_path / "nope"}')
+
+
+def test_percent_scales_fractional_metrics(tmp_path, capsys):
+    # mmdet's CocoMetric logs AP as a fraction
+    write_run(tmp_path / 'det', '20260101_000000', [
+        {'loss': 1.0, 'iter': 200, 'step': 200},
+        {'coco/bbox_mAP': 0.125, 'coco/segm_mAP': 0.25, 'step': 0},
+        {'loss': 0.5, 'iter': 400, 'step': 400},
+        {'coco/bbox_mAP': 0.4125, 'coco/segm_mAP': 0.2, 'step': 0}])
+    assert tool_main(TOOL, f'det={tmp_path / "det"}', '--metrics', 'coco/bbox_mAP',
+                     'coco/segm_mAP', '--percent') == ''
+    assert capsys.readouterr().out.strip().splitlines()[-1] == (
+        '| det | 41.25 (iter 400) | 41.25 (iter 400) | 20.00 (iter 400) | 25.00 (iter 200) |')

@@ -1,14 +1,15 @@
 """Compare the validation metrics of finished runs side by side, as a Markdown table.
 
     python tools/analysis_tools/compare_runs.py LABEL=WORK_DIR [LABEL=WORK_DIR ...] \
-        [--metrics accuracy/top1 mIoU] [--out table.md]
+        [--metrics accuracy/top1 mIoU] [--percent] [--out table.md]
 
 Each WORK_DIR is read like ``plot_curves.py`` reads a run (the newest
 ``<timestamp>/vis_data/scalars.json`` under it). For every run and metric the table gives
 the value at the LAST validation and the best one, with where each was measured: the
 epoch of an epoch-based run, or the last training iteration before it in an
 iteration-based run (mmengine writes step 0 on those validation lines); a metric a run
-never logged is "-". ``tools/run_demo.sh`` uses it for the pretrained-vs-scratch table of
+never logged is "-". ``--percent`` shows values x 100 (mmdet's ``CocoMetric`` logs AP as a
+fraction, e.g. ``coco/bbox_mAP`` 0.412 for 41.2 AP). ``tools/run_demo.sh`` uses it for the pretrained-vs-scratch table of
 the demo. Exits with 1, naming the run, when a run
 has no scalars or no validation line with any of the metrics.
 """
@@ -26,6 +27,9 @@ def parse_args(argv=None):
                         help='a label for the row, "=", and the run (work dir)')
     parser.add_argument('--metrics', nargs='+', default=['accuracy/top1', 'mIoU'],
                         help='validation keys to report (default: accuracy/top1 mIoU)')
+    parser.add_argument('--percent', action='store_true',
+                        help='show the values x 100 (for metrics logged as fractions, e.g. '
+                        'coco/bbox_mAP coco/segm_mAP)')
     parser.add_argument('--out', help='also write the table to this Markdown file')
     return parser.parse_args(argv)
 
@@ -46,7 +50,7 @@ def summarize(run_dir, metrics):
     return found
 
 
-def render(rows, metrics):
+def render(rows, metrics, scale=1.0):
     head = '| run | ' + ' | '.join(f'{m} (last) | {m} (best)' for m in metrics) + ' |'
     lines = [head, '|---' * (1 + 2 * len(metrics)) + '|']
     for label, found in rows:
@@ -54,7 +58,8 @@ def render(rows, metrics):
         for m in metrics:
             if m in found:
                 last, last_step, best, best_step = found[m]
-                cells += [f'{last:.2f} ({last_step})', f'{best:.2f} ({best_step})']
+                cells += [f'{last * scale:.2f} ({last_step})',
+                          f'{best * scale:.2f} ({best_step})']
             else:
                 cells += ['-', '-']
         lines.append(f'| {label} | ' + ' | '.join(cells) + ' |')
@@ -72,7 +77,7 @@ def main(argv=None) -> int:
             rows.append((label, summarize(path, args.metrics)))
     except CurvesError as exc:
         sys.exit(f'compare_runs.py: {exc}')
-    table = render(rows, args.metrics)
+    table = render(rows, args.metrics, 100.0 if args.percent else 1.0)
     print(table)
     if args.out:
         from mmbeit.checkpoint import atomic_output
