@@ -1,11 +1,15 @@
 """Run a trained model on one image or on every image of a folder:
 ``python tools/infer.py CONFIG CHECKPOINT IMAGE|FOLDER [--device cpu] [--out overlay.png|DIR]
-[--topk 5] [--overwrite] [--cfg-options k=v ...]``.
+[--topk 5] [--score-thr 0.3] [--overwrite] [--cfg-options k=v ...]``.
 
 The task follows the model: segmentors (mmseg ``EncoderDecoder``, anything with a
 ``decode_head``) print the fraction of pixels of each predicted class and, with
 ``--out``, write the overlay with a class legend as a PNG (an existing file is kept
-unless ``--overwrite``); classifiers print the top-k classes with their scores.
+unless ``--overwrite``); detectors (mmdet ``MaskRCNN``, ``FasterRCNN``, ...) print one line
+per detection scoring at least ``--score-thr`` (class, score, box x1 y1 x2 y2 in pixels
+of the image) and, with ``--out``, write the image with those detections drawn (masks,
+boxes, "class score" tags; ``mmbeit.visualization.save_det_overlay``); classifiers print
+the top-k classes with their scores.
 
 Given a folder, every image under it (recursively; .jpg .jpeg .png .webp .bmp, hidden
 files skipped, sorted by path) gets the same report, one after the other, each starting
@@ -29,19 +33,22 @@ import torch
 
 def parse_args(argv=None):
     from mmbeit.engine.config_checks import CfgOptionsAction
-    parser = argparse.ArgumentParser(description='Classify or segment one image, or every '
-                                                 'image of a folder, with a trained mmbeit '
-                                                 'model')
+    parser = argparse.ArgumentParser(description='Classify, segment or detect objects in one '
+                                                 'image, or every image of a folder, with a '
+                                                 'trained mmbeit model')
     parser.add_argument('config', help='config file of the model')
     parser.add_argument('checkpoint', help='checkpoint file of the whole model (.pth)')
     parser.add_argument('image', help='image file, or a folder: every image under it '
                         '(recursively)')
     parser.add_argument('--device', default='cpu', help="device, e.g. 'cpu' or 'cuda:0'")
     parser.add_argument('--out', help='segmentation: write the overlay with its legend to '
-                        'this .png; with a folder of images, a folder that gets one '
-                        '<image name>.png per image')
+                        'this .png; detection: the image with its detections drawn; with a '
+                        'folder of images, a folder that gets one <image name>.png per image')
     parser.add_argument('--topk', type=int, default=5,
                         help='classification: how many classes to list (default 5)')
+    parser.add_argument('--score-thr', type=float, default=0.3,
+                        help='detection: list and draw detections scoring at least this '
+                        '(default 0.3)')
     parser.add_argument('--overwrite', action='store_true',
                         help='replace existing --out files')
     parser.add_argument('--cfg-options', nargs='+', action=CfgOptionsAction,
@@ -78,6 +85,21 @@ def segmentation_report(seg: np.ndarray, classes: Optional[Sequence[str]]) -> st
     return _table(('id', 'class', 'pixels', 'fraction'), rows)
 
 
+def detection_report(dets: dict, classes: Optional[Sequence[str]], score_thr: float) -> str:
+    """One line per detection scoring at least ``score_thr``, highest score first: rank,
+    class, score and box ``x1 y1 x2 y2`` (pixels of the image, one decimal)."""
+    keep = np.flatnonzero(dets['scores'] >= score_thr)
+    keep = keep[np.argsort(-dets['scores'][keep], kind='stable')]
+    rows = [(str(r + 1), _name(classes, int(dets['labels'][i])), f'{dets["scores"][i]:.4f}',
+             ' '.join(f'{v:.1f}' for v in dets['boxes'][i].tolist()))
+            for r, i in enumerate(keep)]
+    head = (f'detections: {len(keep)} with score >= {score_thr:g} (of {len(dets["scores"])} '
+            f'the model kept)')
+    if not rows:
+        return head
+    return head + '\n' + _table(('rank', 'class', 'score', 'box (x1 y1 x2 y2)'), rows)
+
+
 def list_folder(folder: str) -> List[str]:
     """The images under ``folder`` (recursively, hidden files skipped), as paths relative
     to it, sorted; the same rule as the pretraining folders (``list_images``)."""
@@ -106,11 +128,23 @@ def folder_outputs(out_dir: str, rel_paths: Sequence[str]) -> List[str]:
     return outs
 
 
+def _palette(model, ids: np.ndarray) -> Optional[np.ndarray]:
+    """The dataset's palette (``dataset_meta['palette']``) when it has a colour for every
+    class name and every id in ``ids``; otherwise None, and the overlay uses
+    ``seg_palette``. (A class keeps its colour from image to image either way.)"""
+    palette = model.dataset_meta.get('palette')
+    classes = model.dataset_meta.get('classes')
+    need = max(len(classes) if classes else 0, int(np.max(ids)) + 1 if np.size(ids) else 0)
+    if palette is None or len(palette) < need:
+        return None
+    return np.asarray(palette, np.uint8)
+
+
 def predict_one(model, task: str, image: str, out: Optional[str], classes, args,
                 header: bool = True) -> None:
     """Print the report of one image (and write its overlay): the same for a single image
     and for each image of a folder (``header``: start with the ``image:`` line)."""
-    from mmbeit.apis import inference_classifier, inference_segmentor
+    from mmbeit.apis import inference_classifier, inference_detector, inference_segmentor
     if header:
         print(f'image: {image}')
     if task == 'classification':
@@ -119,16 +153,22 @@ def predict_one(model, task: str, image: str, out: Optional[str], classes, args,
               f'(score {result["pred_score"]:.4f})')
         print(classification_report(result, classes, args.topk))
         return
+    if task == 'detection':
+        dets = inference_detector(model, image)
+        print(detection_report(dets, classes, args.score_thr))
+        if out is not None:
+            from mmbeit.visualization import save_det_overlay
+            save_det_overlay(image, dets, out, classes=classes,
+                             palette=_palette(model, dets['labels']),
+                             score_thr=args.score_thr, overwrite=args.overwrite)
+            print(f'overlay written to {out}')
+        return
     seg = inference_segmentor(model, image)
     print(f'segmentation map: {seg.shape[0]} x {seg.shape[1]} px')
     print(segmentation_report(seg, classes))
     if out is not None:
         from mmbeit.visualization import save_seg_overlay
-        palette = model.dataset_meta.get('palette')
-        if palette is not None and len(palette) <= int(seg.max()):
-            palette = None  # too short for these ids: use seg_palette
-        save_seg_overlay(image, seg, out, classes=classes,
-                         palette=np.asarray(palette, np.uint8) if palette is not None else None,
+        save_seg_overlay(image, seg, out, classes=classes, palette=_palette(model, seg),
                          overwrite=args.overwrite)
         print(f'overlay written to {out}')
 
@@ -144,6 +184,8 @@ def main(argv=None) -> int:
                  f'or a folder of images)')
     if args.topk < 1:
         sys.exit(f'infer.py: --topk must be >= 1, got {args.topk}')
+    if not 0.0 <= args.score_thr <= 1.0:
+        sys.exit(f'infer.py: --score-thr must be in [0, 1], got {args.score_thr}')
     if folder:
         rel_paths = list_folder(args.image)
         images = [osp.join(args.image, rel) for rel in rel_paths]
@@ -173,8 +215,8 @@ def main(argv=None) -> int:
     classes = model.dataset_meta.get('classes')
     task = model_task(model)
     if task == 'classification' and args.out is not None:
-        sys.exit('infer.py: --out writes a segmentation overlay, but this config is a '
-                 'classifier; drop --out')
+        sys.exit('infer.py: --out writes a segmentation or detection overlay, but this '
+                 'config is a classifier; drop --out')
     if folder:
         print(f'folder: {args.image} ({len(images)} images)')
     else:

@@ -2,10 +2,11 @@
 from .inference import (
     CheckpointMismatchError,
     inference_classifier,
+    inference_detector,
     inference_segmentor,
     init_model,
     model_task,
 )
 
-__all__ = ['init_model', 'inference_classifier', 'inference_segmentor', 'model_task',
-           'CheckpointMismatchError']
+__all__ = ['init_model', 'inference_classifier', 'inference_segmentor', 'inference_detector',
+           'model_task', 'CheckpointMismatchError']

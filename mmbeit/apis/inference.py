@@ -1,5 +1,5 @@
-"""Single-image inference: build a model from a config and a checkpoint, then classify or
-segment one image with the config's own test pipeline.
+"""Single-image inference: build a model from a config and a checkpoint, then classify,
+segment or run a detector on one image with the config's own test pipeline.
 
 * :func:`init_model` reads a config (path or :class:`~mmengine.config.Config`), turns
   ``SyncBN`` into ``BN`` (inference is one process), builds the model in the config's
@@ -9,10 +9,13 @@ segment one image with the config's own test pipeline.
   docs/checkpoints.md). A ``Pretrained`` ``init_cfg`` of the
   backbone is dropped when a checkpoint is given: the whole model comes from the
   checkpoint, so the pretraining file need not exist, and ``init_weights`` is not called.
-* :func:`inference_classifier` (mmpretrain classifiers) and :func:`inference_segmentor`
-  (mmseg segmentors) run ``test_dataloader.dataset.pipeline`` on one image (a file path,
-  or an ``H x W x 3`` uint8 array in **BGR** order, as mmcv / OpenCV read images), then the
+* :func:`inference_classifier` (mmpretrain classifiers), :func:`inference_segmentor`
+  (mmseg segmentors) and :func:`inference_detector` (mmdet detectors: Mask R-CNN, Faster
+  R-CNN, ...) run ``test_dataloader.dataset.pipeline`` on one image (a file path, or an
+  ``H x W x 3`` uint8 array in **BGR** order, as mmcv / OpenCV read images), then the
   model's data preprocessor and ``model(..., mode='predict')`` under ``torch.no_grad``.
+  The pipeline's steps are built in the scope of the test dataset (its ``_scope_``, e.g.
+  ``'mmdet'`` for mmdet's ``CocoDataset``) as the dataset itself would build them.
 
 Class names (``model.dataset_meta['classes']``) come from the checkpoint's
 ``meta.dataset_meta`` when it has them, else from the config's
@@ -22,8 +25,9 @@ with one name per line), else from the dataset class's ``METAINFO``.
 import copy
 import os
 import os.path as osp
+import sys
 import warnings
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -40,8 +44,8 @@ from mmbeit.checkpoint import (
 )
 from mmbeit.engine.runtime import replace_sync_bn
 
-__all__ = ['init_model', 'inference_classifier', 'inference_segmentor', 'model_task',
-           'CheckpointMismatchError']
+__all__ = ['init_model', 'inference_classifier', 'inference_segmentor',
+           'inference_detector', 'model_task', 'CheckpointMismatchError']
 
 ImageInput = Union[str, os.PathLike, np.ndarray]
 
@@ -173,8 +177,10 @@ def _dataset_meta(checkpoint: Optional[dict], cfg: Config, scope: str) -> dict:
 
 
 def _num_classes(model: nn.Module) -> Optional[int]:
-    for name in ('head', 'decode_head'):
-        head = getattr(model, name, None)
+    heads = [getattr(model, name, None) for name in ('head', 'decode_head', 'bbox_head')]
+    roi_head = getattr(model, 'roi_head', None)  # two-stage detectors: the box head counts
+    heads.append(getattr(roi_head, 'bbox_head', None) if roi_head is not None else None)
+    for head in heads:
         if head is not None:
             n = getattr(head, 'num_classes', None) or getattr(head, 'out_channels', None)
             if isinstance(n, int):
@@ -269,8 +275,14 @@ def init_model(config: Union[str, os.PathLike, Config],
 
 
 def model_task(model: nn.Module) -> str:
-    """``'segmentation'`` for segmentors (mmseg ``EncoderDecoder`` and anything with a
-    ``decode_head``), else ``'classification'``."""
+    """``'detection'`` for mmdet detectors (subclasses of
+    ``mmdet.models.detectors.BaseDetector``), ``'segmentation'`` for segmentors (mmseg
+    ``EncoderDecoder`` and anything with a ``decode_head``), else ``'classification'``."""
+    # A detector's class comes from mmdet.models.detectors.base: when that module was never
+    # imported, the model cannot be one (and importing mmdet.models here would cost seconds).
+    det_base = sys.modules.get('mmdet.models.detectors.base')
+    if det_base is not None and isinstance(model, det_base.BaseDetector):
+        return 'detection'
     if hasattr(model, 'decode_head'):
         return 'segmentation'
     try:
@@ -280,6 +292,17 @@ def model_task(model: nn.Module) -> str:
     except ImportError:  # pragma: no cover - mmseg is part of the stack
         pass
     return 'classification'
+
+
+_HELPERS = {'classification': 'inference_classifier', 'segmentation': 'inference_segmentor',
+            'detection': 'inference_detector'}
+
+
+def _check_task(model: nn.Module, wanted: str) -> None:
+    task = model_task(model)
+    if task != wanted:
+        raise TypeError(f'{type(model).__name__} is not a {wanted} model: use '
+                        f'{_HELPERS[task]} (it is a {task} model)')
 
 
 # ----------------------------------------------------------------------------- pipeline
@@ -309,7 +332,11 @@ def _compose(cfg, from_array: bool, drop: Sequence[str]) -> Compose:
         steps = steps[1:]   # the array is the loaded image
     import mmbeit.datasets  # noqa: F401  (fills mmbeit's TRANSFORMS)
     from mmbeit.registry import TRANSFORMS
-    with DefaultScope.overwrite_default_scope(cfg.get('default_scope', 'mmbeit')):
+
+    # The dataset builds its pipeline in its own scope (mmdet's CocoDataset has
+    # _scope_='mmdet', so a bare 'Resize' is mmdet's, which also scales boxes and masks).
+    scope = (_test_dataset_cfg(cfg) or {}).get('_scope_') or cfg.get('default_scope', 'mmbeit')
+    with DefaultScope.overwrite_default_scope(scope):
         return Compose([TRANSFORMS.build(s) for s in steps])
 
 
@@ -330,10 +357,13 @@ def _first_input(img: ImageInput) -> dict:
                     f'{type(img).__name__}')
 
 
-def _predict(model: nn.Module, img: ImageInput, drop: Sequence[str] = ()) -> Any:
+def _predict(model: nn.Module, img: ImageInput, drop: Sequence[str] = (),
+             adjust: Optional[Callable[[dict], None]] = None) -> Any:
     results = _first_input(img)
     pipeline = _build_pipeline(model, from_array='img' in results, drop=drop)
     data = pipeline(results)
+    if adjust is not None:
+        adjust(data)
     batch = dict(inputs=[data['inputs']], data_samples=[data['data_samples']])
     with torch.no_grad():
         batch = model.data_preprocessor(batch, False)
@@ -358,9 +388,7 @@ def inference_classifier(model: nn.Module, img: ImageInput) -> Dict[str, Any]:
         [num_classes], pred_class=str | None)`` (``pred_class`` is None when the model has
         no class names).
     """
-    if model_task(model) != 'classification':
-        raise TypeError(f'{type(model).__name__} is a segmentation model: use '
-                        f'inference_segmentor')
+    _check_task(model, 'classification')
     sample = _predict(model, img)
     scores = sample.pred_score.detach().float().cpu().numpy().astype(np.float32)
     label = int(sample.pred_label.reshape(-1)[0]) if 'pred_label' in sample else int(
@@ -383,9 +411,7 @@ def inference_segmentor(model: nn.Module, img: ImageInput) -> np.ndarray:
     Returns:
         ``np.ndarray`` int64 ``[H, W]``: a class id per pixel at the original image size.
     """
-    if model_task(model) != 'segmentation':
-        raise TypeError(f'{type(model).__name__} is not a segmentation model: use '
-                        f'inference_classifier')
+    _check_task(model, 'segmentation')
     sample = _predict(model, img, drop=('LoadAnnotations', ))
     seg = sample.pred_sem_seg.data.detach().cpu().numpy()
     seg = seg.reshape(seg.shape[-2:]).astype(np.int64)
@@ -394,3 +420,67 @@ def inference_segmentor(model: nn.Module, img: ImageInput) -> np.ndarray:
         raise RuntimeError(f'the segmentor returned a {seg.shape} map for an image of '
                            f'{ori}: its predict() does not resize to the original size')
     return seg
+
+
+def _image_extent(data: dict) -> None:
+    """Give the detector the resized image's extent as ``img_shape``, not the padded canvas.
+
+    A test pipeline that pads to a fixed size (``Pad(size=...)``, the LSJ configs) sets
+    ``img_shape`` to the padded size, so mmdet clips boxes to the canvas: a box in the
+    padding maps to outside the original image, and on CPU mmdet's mask pasting fails on
+    it ("upper bound and lower bound inconsistent with step sign"). ``Pad`` pads at the
+    bottom and right, so the image is the top-left ``round(ori_shape * scale_factor)``
+    pixels of the canvas; clipping to that keeps every box inside the original image.
+    """
+    sample = data['data_samples']
+    meta = sample.metainfo
+    if not {'img_shape', 'ori_shape', 'scale_factor'} <= set(meta):
+        return
+    (h, w), (oh, ow) = meta['img_shape'][:2], meta['ori_shape'][:2]
+    sx, sy = (float(v) for v in meta['scale_factor'][:2])
+    extent = (min(int(h), int(round(oh * sy))), min(int(w), int(round(ow * sx))))
+    if extent != (int(h), int(w)):
+        sample.set_metainfo(dict(img_shape=extent))
+
+
+def inference_detector(model: nn.Module, img: ImageInput) -> Dict[str, Any]:
+    """Detect objects (and their masks) in one image with a model from :func:`init_model`.
+
+    Args:
+        model: an mmdet detector (``MaskRCNN``, ``FasterRCNN``, ...) from :func:`init_model`.
+        img: an image file path, or an ``H x W x 3`` uint8 numpy array in **BGR** channel
+            order (as ``cv2.imread`` / ``mmcv.imread`` return it). The config's test
+            pipeline runs on it without its ``LoadAnnotations`` steps, and for an array
+            without the leading ``LoadImageFromFile`` step.
+
+    Returns:
+        ``dict(boxes, labels, scores, masks)`` for the detections the model's ``test_cfg``
+        keeps (its ``score_thr`` and ``max_per_img``), sorted by score, highest first:
+
+        * ``boxes``: float32 ``[N, 4]``, ``(x1, y1, x2, y2)`` in pixels of the ORIGINAL
+          image (the resize of the test pipeline undone by the detector's
+          ``predict(rescale=True)``), inside it: boxes are clipped to the resized image,
+          not to the canvas a fixed-size ``Pad`` makes (see :func:`_image_extent`);
+        * ``labels``: int64 ``[N]``, class ids (``model.dataset_meta['classes'][id]``);
+        * ``scores``: float32 ``[N]``;
+        * ``masks``: bool ``[N, H, W]`` at the original image size, or ``None`` for a
+          detector without a mask head.
+    """
+    _check_task(model, 'detection')
+    sample = _predict(model, img, drop=('LoadAnnotations', ), adjust=_image_extent)
+    pred = sample.pred_instances
+    scores = pred.scores.detach().float().cpu().numpy().astype(np.float32).reshape(-1)
+    boxes = pred.bboxes.detach().float().cpu().numpy().astype(np.float32).reshape(-1, 4)
+    labels = pred.labels.detach().cpu().numpy().astype(np.int64).reshape(-1)
+    order = np.argsort(-scores, kind='stable')
+    masks = None
+    if 'masks' in pred:
+        masks = pred.masks
+        masks = masks.detach().cpu().numpy() if torch.is_tensor(masks) else np.asarray(masks)
+        ori = tuple(int(s) for s in sample.metainfo['ori_shape'][:2])
+        if masks.shape != (len(scores), ) + ori:
+            raise RuntimeError(f'the detector returned masks of shape {masks.shape} for '
+                               f'{len(scores)} detections on an image of {ori}: its '
+                               f'predict() does not paste masks at the original size')
+        masks = masks.astype(bool)[order]
+    return dict(boxes=boxes[order], labels=labels[order], scores=scores[order], masks=masks)

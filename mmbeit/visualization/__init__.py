@@ -1,5 +1,7 @@
-"""Visualisation helpers: segmentation overlays with a class legend, and the panels of
-the masked-image-modeling picture (tools/analysis_tools/visualize_mim.py)."""
+"""Visualisation helpers: segmentation overlays with a class legend, detection overlays
+(masks, boxes, class and score tags), and the panels of the masked-image-modeling picture
+(tools/analysis_tools/visualize_mim.py)."""
+from .det_overlay import detection_label, overlay_detections, save_det_overlay
 from .mim_panels import (
     attention_indices,
     build_pretraining_steps,
@@ -17,4 +19,5 @@ from .seg_overlay import overlay_segmentation, save_seg_overlay, seg_palette
 __all__ = ['seg_palette', 'overlay_segmentation', 'save_seg_overlay', 'mim_panels',
            'draw_mim_panels', 'save_mim_panels', 'centre_views', 'seeded_mask',
            'find_pretraining_steps', 'build_pretraining_steps', 'attention_indices',
-           'panel_names', 'token_palette']
+           'panel_names', 'token_palette', 'overlay_detections', 'save_det_overlay',
+           'detection_label']
