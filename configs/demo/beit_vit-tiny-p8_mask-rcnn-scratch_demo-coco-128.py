@@ -23,6 +23,7 @@ channels = 64
 norm_cfg = dict(type='mmbeit.LN2d', requires_grad=True)
 model = dict(
     data_preprocessor=dict(
+        pad_size_divisor=128,
         batch_augments=[dict(type='BatchFixedSizePad', size=(128, 128), pad_mask=True)]),
     backbone=dict(
         arch=dict(_delete_=True, embed_dims=embed_dims, num_layers=4, num_heads=4,

@@ -27,7 +27,7 @@ import os
 import os.path as osp
 import sys
 import warnings
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -357,13 +357,10 @@ def _first_input(img: ImageInput) -> dict:
                     f'{type(img).__name__}')
 
 
-def _predict(model: nn.Module, img: ImageInput, drop: Sequence[str] = (),
-             adjust: Optional[Callable[[dict], None]] = None) -> Any:
+def _predict(model: nn.Module, img: ImageInput, drop: Sequence[str] = ()) -> Any:
     results = _first_input(img)
     pipeline = _build_pipeline(model, from_array='img' in results, drop=drop)
     data = pipeline(results)
-    if adjust is not None:
-        adjust(data)
     batch = dict(inputs=[data['inputs']], data_samples=[data['data_samples']])
     with torch.no_grad():
         batch = model.data_preprocessor(batch, False)
@@ -422,27 +419,6 @@ def inference_segmentor(model: nn.Module, img: ImageInput) -> np.ndarray:
     return seg
 
 
-def _image_extent(data: dict) -> None:
-    """Give the detector the resized image's extent as ``img_shape``, not the padded canvas.
-
-    A test pipeline that pads to a fixed size (``Pad(size=...)``, the LSJ configs) sets
-    ``img_shape`` to the padded size, so mmdet clips boxes to the canvas: a box in the
-    padding maps to outside the original image, and on CPU mmdet's mask pasting fails on
-    it ("upper bound and lower bound inconsistent with step sign"). ``Pad`` pads at the
-    bottom and right, so the image is the top-left ``round(ori_shape * scale_factor)``
-    pixels of the canvas; clipping to that keeps every box inside the original image.
-    """
-    sample = data['data_samples']
-    meta = sample.metainfo
-    if not {'img_shape', 'ori_shape', 'scale_factor'} <= set(meta):
-        return
-    (h, w), (oh, ow) = meta['img_shape'][:2], meta['ori_shape'][:2]
-    sx, sy = (float(v) for v in meta['scale_factor'][:2])
-    extent = (min(int(h), int(round(oh * sy))), min(int(w), int(round(ow * sx))))
-    if extent != (int(h), int(w)):
-        sample.set_metainfo(dict(img_shape=extent))
-
-
 def inference_detector(model: nn.Module, img: ImageInput) -> Dict[str, Any]:
     """Detect objects (and their masks) in one image with a model from :func:`init_model`.
 
@@ -459,15 +435,17 @@ def inference_detector(model: nn.Module, img: ImageInput) -> Dict[str, Any]:
 
         * ``boxes``: float32 ``[N, 4]``, ``(x1, y1, x2, y2)`` in pixels of the ORIGINAL
           image (the resize of the test pipeline undone by the detector's
-          ``predict(rescale=True)``), inside it: boxes are clipped to the resized image,
-          not to the canvas a fixed-size ``Pad`` makes (see :func:`_image_extent`);
+          ``predict(rescale=True)``), clipped to the image. (mmdet's ``Pad`` transform
+          reports its padded canvas as the image's shape, so boxes would be clipped to the
+          canvas: mmbeit's detection configs pad in the data preprocessor instead,
+          ``pad_size_divisor``, which keeps the image's own shape.)
         * ``labels``: int64 ``[N]``, class ids (``model.dataset_meta['classes'][id]``);
         * ``scores``: float32 ``[N]``;
         * ``masks``: bool ``[N, H, W]`` at the original image size, or ``None`` for a
           detector without a mask head.
     """
     _check_task(model, 'detection')
-    sample = _predict(model, img, drop=('LoadAnnotations', ), adjust=_image_extent)
+    sample = _predict(model, img, drop=('LoadAnnotations', ))
     pred = sample.pred_instances
     scores = pred.scores.detach().float().cpu().numpy().astype(np.float32).reshape(-1)
     boxes = pred.bboxes.detach().float().cpu().numpy().astype(np.float32).reshape(-1, 4)

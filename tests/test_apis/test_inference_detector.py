@@ -38,7 +38,6 @@ pytestmark = pytest.mark.usefixtures('one_thread')
 DET_CFG = f'{ROOT}/configs/demo/beit_vit-tiny-p8_mask-rcnn-scratch_demo-coco-128.py'
 MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
 CLASSES = ('circle', 'square', 'triangle', 'cross', 'ring', 'diamond', 'bar', 'star')
-PAD_BGR = (104, 116, 124)  # the demo's mean pixel (124, 116, 104) RGB, as the pipeline pads
 
 
 @pytest.fixture(scope='module')
@@ -75,16 +74,15 @@ def wide_image(demo_data):
 
 def by_hand_input(bgr):
     """The test pipeline and the data preprocessor, written out: keep-ratio resize to fit
-    128 (bilinear, sizes rounded), bottom / right padding with the mean pixel, RGB,
-    normalised; the metainfo a correct pipeline gives (img_shape: the resized image)."""
+    128 (bilinear, sizes rounded), RGB, normalised, then padded at the bottom / right to
+    128 x 128 with 0 (the mean pixel); the metainfo: img_shape is the resized image."""
     h, w = bgr.shape[:2]
     s = 128 / max(h, w)
     nw, nh = int(w * s + 0.5), int(h * s + 0.5)
-    canvas = np.empty((128, 128, 3), np.uint8)
-    canvas[:] = PAD_BGR
-    canvas[:nh, :nw] = cv2.resize(bgr, (nw, nh), interpolation=cv2.INTER_LINEAR)
-    x = torch.from_numpy(canvas[..., ::-1].copy()).permute(2, 0, 1).float()
-    x = (x - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
+    small = cv2.resize(bgr, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    small = torch.from_numpy(small[..., ::-1].copy()).permute(2, 0, 1).float()
+    x = torch.zeros(3, 128, 128)
+    x[:, :nh, :nw] = (small - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
     meta = dict(img_shape=(nh, nw), ori_shape=(h, w), scale_factor=(nw / w, nh / h),
                 batch_input_shape=(128, 128), pad_shape=(128, 128))
     return x[None], meta

@@ -3,8 +3,10 @@
 # resized so its long side is 1024 x U(0.1, 2.0), a 1024 x 1024 window is cropped from it
 # (boxes recomputed from the cropped masks), horizontally flipped with p 0.5, and the
 # batch padded to 1024 x 1024 (the model's data preprocessor). Test: long side resized to
-# 1024 and padded to 1024 x 1024 with the mean pixel (0 after normalisation, as
-# detectron2 pads), box and mask AP by mmdet's CocoMetric.
+# 1024; the model's data preprocessor pads it to 1024 x 1024 (pad_size_divisor=1024) with
+# 0 after normalisation (the mean pixel), as detectron2 pads. Not mmdet's Pad transform:
+# it reports the padded canvas as the image's shape, so boxes would be clipped to the
+# canvas instead of the image. Box and mask AP by mmdet's CocoMetric.
 #
 # mmdet's CocoDataset, transforms and CocoMetric as they are; the dataset is built in
 # mmdet's scope (_scope_) so its transforms resolve there, mmcv's included.
@@ -12,7 +14,6 @@
 dataset_type = 'CocoDataset'
 data_root = 'data/coco/'
 image_size = (1024, 1024)
-mean_pixel = (124, 116, 104)  # RGB, uint8: the DetDataPreprocessor mean, rounded
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
@@ -27,8 +28,6 @@ train_pipeline = [
 test_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=image_size, keep_ratio=True),
-    # the image is read BGR; the preprocessor converts to RGB after padding
-    dict(type='Pad', size=image_size, pad_val=dict(img=mean_pixel[::-1], seg=255)),
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
     dict(type='PackDetInputs',
          meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),

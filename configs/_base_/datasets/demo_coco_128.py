@@ -9,7 +9,6 @@ dataset_type = 'CocoDataset'
 data_root = 'data/demo/coco/'
 classes = ('circle', 'square', 'triangle', 'cross', 'ring', 'diamond', 'bar', 'star')
 image_size = (128, 128)
-mean_pixel = (124, 116, 104)
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
@@ -24,7 +23,6 @@ train_pipeline = [
 test_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=image_size, keep_ratio=True),
-    dict(type='Pad', size=image_size, pad_val=dict(img=mean_pixel[::-1], seg=255)),
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
     dict(type='PackDetInputs',
          meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),

@@ -22,8 +22,12 @@ model = dict(
     type='MaskRCNN', _scope_='mmdet',
     data_preprocessor=dict(
         type='DetDataPreprocessor', mean=[123.675, 116.28, 103.53],
-        std=[58.395, 57.12, 57.375], bgr_to_rgb=True, pad_mask=True, pad_size_divisor=32,
-        # LSJ: every training batch is padded to the full 1024 x 1024 canvas
+        std=[58.395, 57.12, 57.375], bgr_to_rgb=True, pad_mask=True,
+        # test images (long side 1024) are padded to the 1024 x 1024 square, as detectron2's
+        # ViTDet does (its backbone's square_pad); padding does not change img_shape, so
+        # boxes are still clipped to the image. LSJ: every training batch is padded to the
+        # full canvas too
+        pad_size_divisor=1024,
         batch_augments=[dict(type='BatchFixedSizePad', size=(1024, 1024), pad_mask=True)]),
     backbone=dict(
         type='mmbeit.BEiTViT', arch='base', img_size=1024, patch_size=16,
