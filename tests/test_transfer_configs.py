@@ -4,7 +4,12 @@ state dict saved as a run saves it, and each downstream model is built and initi
 from that file through its own init_cfg, with no conversion step. The 384 config starts
 from a checkpoint of the 224 fine-tuning config instead. One test case per downstream
 config, in this process; each pretraining checkpoint is written once and reused by the
-cases after it. Base and large sizes, random weights (nothing can be downloaded here)."""
+cases after it. Base and large sizes, random weights (nothing can be downloaded here).
+
+The Mask R-CNN (ViTDet) configs take a 1024 px input (a 64 x 64 grid) with windowed
+attention in most blocks: a window block's table is the pretraining one byte for byte (its
+14 x 14 window is the 224 px pretraining grid), a global block's is resized to the full
+grid (docs/method.md "Windowed attention for detection")."""
 import functools
 import glob
 
@@ -14,18 +19,22 @@ from _helpers import ROOT
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
 
+from mmbeit.models.utils.rel_pos import rel_pos_table_len, resize_rel_pos_table
+
 C = f'{ROOT}/configs'
 DOWNSTREAM = sorted(p.split('/configs/')[1]
                     for p in glob.glob(f'{C}/*/benchmarks/*.py'))
 FT_224 = 'beit/benchmarks/beit_vit-base_ft-100e_in1k.py'
 FT_384 = 'beit/benchmarks/beit_vit-base_ft-10e_in1k-384.py'
 FC_NORM = ['fc_norm.bias', 'fc_norm.weight']
+MASK_RCNN = '_mask-rcnn-100e_coco-1024.py'
 # base and large models: about 90 s for the module here, most of it in the first case of
 # each pretraining config (all marked, so that the cached checkpoints are shared)
 pytestmark = pytest.mark.slow
 
 # downstream config -> (pretraining config it starts from, what is built, number of blocks,
-# patch grid, backbone tensors left at their init). Large configs: backbones only (the
+# patch grid, backbone tensors left at their init). The Mask R-CNN configs: the grid of
+# their global blocks (the window blocks' is 14, see WINDOWED). Large configs: backbones only (the
 # loading is the backbone's; full ViT-L models with their tokenizers would take minutes
 # here): the settings of each large downstream config must fit what the large pretraining
 # config's backbone writes.
@@ -41,13 +50,24 @@ PLAN = {
         ('beit/beit_vit-base_800e.py', 'model', 12, 14, []),
     'beit/benchmarks/beit_vit-base_upernet-160k_ade20k-640.py':
         ('beit/beit_vit-base_800e.py', 'model', 12, 40, []),
+    'beit/benchmarks/beit_vit-base' + MASK_RCNN:
+        ('beit/beit_vit-base_800e.py', 'model', 12, 64, []),
+    'beitv2/benchmarks/beitv2_vit-base' + MASK_RCNN:
+        ('beitv2/beitv2_vit-base_300e.py', 'model', 12, 64, []),
     'beitv2/benchmarks/beitv2_vit-large_ft-50e_in1k.py':
         ('beitv2/beitv2_vit-large_300e.py', 'backbone', 24, 14, FC_NORM),
     'beitv2/benchmarks/beitv2_vit-large_upernet-160k_ade20k-512.py':
         ('beitv2/beitv2_vit-large_300e.py', 'backbone', 24, 32, []),
     'beit/benchmarks/beit_vit-large_ft-50e_in1k.py':
         ('beit/beit_vit-large_800e.py', 'backbone', 24, 14, FC_NORM),
+    'beitv2/benchmarks/beitv2_vit-large' + MASK_RCNN:
+        ('beitv2/beitv2_vit-large_300e.py', 'backbone', 24, 64, []),
+    'beit/benchmarks/beit_vit-large' + MASK_RCNN:
+        ('beit/beit_vit-large_800e.py', 'backbone', 24, 64, []),
 }
+# Mask R-CNN configs: the blocks that attend globally (ViTDet: 4 of them, evenly spaced);
+# all others attend in 14 x 14 windows
+GLOBAL_BLOCKS = {12: [2, 5, 8, 11], 24: [5, 11, 17, 23]}
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -93,6 +113,13 @@ def pretraining(name, part, ckpt_dir):
     model = build(cfg, part)
     if part == 'model':
         model.init_weights()  # else torch's default init: random values all the same
+    # the tables start at zero; a trained run's are not, and a zero table would pass every
+    # check on the tables below whatever the load path did with it
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for k, p in model.named_parameters():
+            if k.endswith('relative_position_bias_table'):
+                p.copy_(torch.randn(p.shape, generator=g))
     path = save(model, ckpt_dir / f'{name.replace("/", "_")}-{part}.pth')
     return path, model.state_dict()
 
@@ -138,13 +165,21 @@ def test_downstream_config_loads_its_pretraining(name, ckpt_dir):
     # pretraining tensor, bit for bit
     equal = [k for k in got if f'backbone.{k}' in sd and torch.equal(got[k], sd[f'backbone.{k}'])]
     assert len(equal) == len(got) - len(fresh) - n_blocks
-    tables = sorted({tuple(v.shape) for k, v in got.items()
-                     if k.endswith('relative_position_bias_table')})
-    assert [s[0] for s in tables] == [(2 * grid - 1) ** 2 + 3]
-    # at the pretraining grid (14 x 14), each block's table is the shared one as written
     shared = sd['backbone.rel_pos_bias.relative_position_bias_table']
-    first = got['blocks.0.attn.relative_position_bias_table']
-    assert torch.equal(first, shared) == (grid == 14)
+    table = {i: got[f'blocks.{i}.attn.relative_position_bias_table'] for i in range(n_blocks)}
+    if name.endswith(MASK_RCNN):
+        # window blocks: the pretraining table as written (its 14 x 14 grid is the window);
+        # global blocks: resized to the 64 x 64 grid, (2 * 64 - 1)^2 + 3 rows, by the load
+        # path's geometric bicubic resize
+        glob_ids = GLOBAL_BLOCKS[n_blocks]
+        assert all(torch.equal(table[i], shared) for i in table if i not in glob_ids)
+        resized = resize_rel_pos_table(shared, (14, 14), (grid, grid))
+        assert resized.shape[0] == rel_pos_table_len(grid) == (2 * grid - 1) ** 2 + 3
+        assert all(torch.equal(table[i], resized) for i in glob_ids)
+        return
+    assert sorted({t.shape[0] for t in table.values()}) == [(2 * grid - 1) ** 2 + 3]
+    # at the pretraining grid (14 x 14), each block's table is the shared one as written
+    assert torch.equal(table[0], shared) == (grid == 14)
 
 
 def test_384_config_starts_from_the_224_run(ckpt_dir):
