@@ -46,8 +46,8 @@ def small_detector(checkpoint):
     from mmbeit.registry import MODELS
     cfg = Config.fromfile(BASE)
     cfg.merge_from_dict({
-        'model.data_preprocessor.batch_augments': [
-            dict(type='BatchFixedSizePad', size=(128, 128), pad_mask=True)],
+        'model.data_preprocessor': dict(pad_size_divisor=128, batch_augments=[
+            dict(type='BatchFixedSizePad', size=(128, 128), pad_mask=True)]),
         'model.backbone': dict(
             arch=dict(_delete_=True, embed_dims=D, num_layers=DEPTH, num_heads=HEADS,
                       feedforward_channels=2 * D),
