@@ -28,7 +28,8 @@ FT_224 = 'beit/benchmarks/beit_vit-base_ft-100e_in1k.py'
 FT_384 = 'beit/benchmarks/beit_vit-base_ft-10e_in1k-384.py'
 FC_NORM = ['fc_norm.bias', 'fc_norm.weight']
 MASK_RCNN = '_mask-rcnn-100e_coco-1024.py'
-# base and large models: about 90 s for the module here, most of it in the first case of
+# base and large models: about 115 s for the module here on a shared machine (~35 s of it the
+# four Mask R-CNN cases: 1024 px grids), most of it in the first case of
 # each pretraining config (all marked, so that the cached checkpoints are shared)
 pytestmark = pytest.mark.slow
 
