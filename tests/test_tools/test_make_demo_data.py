@@ -1,6 +1,7 @@
 """The demo-data generator: deterministic, and readable by the real dataset readers."""
 import hashlib
 import json
+import shutil
 
 import cv2
 import numpy as np
@@ -69,6 +70,12 @@ def test_existing_output_is_kept_unless_forced(tmp_path):
                     *SMALL])
     assert digest(tmp_path / 'd') == before  # not one file rewritten (another seed asked)
     assert str(tmp_path / 'd') in out.stdout and '--force' in out.stdout  # what and the fix
+    # a folder from before a layout existed (the COCO set came later): only it is added,
+    # the same bytes a fresh run writes, and nothing else is touched
+    shutil.rmtree(tmp_path / 'd' / 'coco')
+    out = run_tool(['tools/misc/make_demo_data.py', '--out', tmp_path / 'd', *SMALL])
+    assert 'added coco' in out.stdout
+    assert digest(tmp_path / 'd') == before
     run_tool(['tools/misc/make_demo_data.py', '--out', tmp_path / 'd', '--force', *SMALL])
     assert not marker.exists() and (tmp_path / 'd' / 'imagenet' / 'meta' / 'val.txt').exists()
 
@@ -221,9 +228,6 @@ def test_coco_masks_are_the_painted_pixels(coco_run):
 
 
 def test_coco_masks_read_the_same_with_pycocotools(coco_run):
-    pytest.importorskip('pycocotools', reason='pycocotools is not installed (it comes with '
-                        'mmdet, which the stack does not install yet: issue 17); the own '
-                        'RLE decoder above checks the masks')
     from pycocotools import mask as mask_utils
     from pycocotools.coco import COCO
     _, out, _ = coco_run
@@ -238,8 +242,6 @@ def test_coco_masks_read_the_same_with_pycocotools(coco_run):
 
 
 def test_coco_layout_reads_with_mmdet(demo_data):
-    pytest.importorskip('mmdet', reason='mmdet is not installed (not in the stack yet: '
-                                         'issue 17)')
     from mmdet.datasets import CocoDataset
     root = demo_data / 'coco'
     classes = [c['name'] for c in json.loads(
