@@ -28,7 +28,6 @@ from mmbeit.models.utils.rel_pos import (
 )
 
 timm_beit = pytest.importorskip('timm.models.beit')
-pytest.importorskip('mmdet')
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 

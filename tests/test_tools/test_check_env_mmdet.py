@@ -42,7 +42,6 @@ def test_multimodal_import_failure_gets_its_own_hint(check_env):
 
 
 def test_mmdet_op_path_runs_and_a_wrong_result_is_reported(check_env, monkeypatch):
-    pytest.importorskip('mmdet')
     import mmbeit.registry  # noqa: F401 - as check_env does: before mmdet.models
     assert check_env.check_mmdet_ops() == []
     import mmdet.models.layers as layers
