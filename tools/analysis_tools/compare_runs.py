@@ -9,9 +9,9 @@ the value at the LAST validation and the best one, with where each was measured:
 epoch of an epoch-based run, or the last training iteration before it in an
 iteration-based run (mmengine writes step 0 on those validation lines); a metric a run
 never logged is "-". ``--percent`` shows values x 100 (mmdet's ``CocoMetric`` logs AP as a
-fraction, e.g. ``coco/bbox_mAP`` 0.412 for 41.2 AP). ``tools/run_demo.sh`` uses it for the pretrained-vs-scratch table of
-the demo. Exits with 1, naming the run, when a run
-has no scalars or no validation line with any of the metrics.
+fraction, e.g. ``coco/bbox_mAP`` 0.412 for 41.2 AP). ``tools/run_demo.sh`` uses it for the
+pretrained-vs-scratch tables of the demo. Exits with 1, naming the run, when a run has no
+scalars or no validation line with any of the metrics.
 """
 import argparse
 import os

@@ -92,7 +92,8 @@ def main() -> int:
         ('mmengine', FIX), ('mmpretrain', FIX), ('mmbeit.registry', FIX), ('mmseg.models', FIX),
         ('mmdet.models', FIX),
     ] + ([('pytest', FIX.replace('install.sh', 'install.sh --tests')),
-          ('timm', FIX.replace('install.sh', 'install.sh --tests'))] if args.tests else []):
+          ('timm', FIX.replace('install.sh', 'install.sh --tests')),
+          ('xdist', FIX.replace('install.sh', 'install.sh --tests'))] if args.tests else []):
         try:
             importlib.import_module(module)
         except Exception as exc:  # noqa: BLE001 - we report any import failure
