@@ -7,10 +7,16 @@ Tests marked ``@pytest.mark.slow`` (more than about 10 s here: whole tool runs, 
 large models) are deselected by a plain ``python -m pytest tests``, for quick local runs.
 ``--run-slow`` keeps them, and so does an explicit ``-m`` expression (``-m slow`` runs
 only them); ``tools/run_tests.sh``, what CI runs, passes ``--run-slow``.
+
+``mmbeit.registry`` is imported first, as every mmbeit tool does: it switches off
+mmpretrain's multimodal models, which cannot import under transformers 5 and would break
+a test that imports mmpretrain / mmseg / mmdet models directly (its note says why).
 """
 import pytest
 import torch
 from _helpers import run_tool
+
+import mmbeit.registry  # noqa: F401  (first; see above)
 
 
 def pytest_addoption(parser):

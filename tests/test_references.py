@@ -62,6 +62,10 @@ UPSTREAM_FILES = {
     'eval_knn.py',
     # open-mmlab/mmpretrain configs/beitv2/
     'beitv2_beit-base-p16_8xb256-amp-coslr-300e_in1k.py',
+    # facebookresearch/detectron2 projects/ViTDet (configs/COCO/, configs/common/,
+    # modeling/backbone/): the ViTDet recipe of the detection configs
+    'mask_rcnn_vitdet_b_100ep.py', 'mask_rcnn_vitdet_l_100ep.py', 'coco_loader_lsj.py',
+    'vit.py',
 }
 
 #: Paths that tests name on purpose because they do not exist (the bad input of a test).

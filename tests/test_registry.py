@@ -137,6 +137,12 @@ INNER = {'init_cfg': 'WEIGHT_INITIALIZERS', 'pipeline': 'TRANSFORMS',
          'generator': 'mmbeit:TASK_UTILS',
          # a dataloader config inside a hook (KNNMonitorHook's bank / queries)
          'dataset': 'DATASETS'}
+# Inside a model the same keys can mean other registries: mmdet's heads build their anchor
+# generators, box coders, assigners and samplers from TASK_UTILS; its RoI extractors and
+# NMS calls take the type as the name of an mmcv.ops function or class (no registry).
+MODEL_INNER = {'anchor_generator': 'TASK_UTILS', 'prior_generator': 'TASK_UTILS',
+               'bbox_coder': 'TASK_UTILS', 'assigner': 'TASK_UTILS', 'sampler': 'TASK_UTILS',
+               'roi_layer': 'mmcv.ops', 'nms': 'mmcv.ops'}
 
 
 def config_types(cfg):
@@ -151,7 +157,9 @@ def config_types(cfg):
                 found.append(('.'.join(path), registry, scope, node['type']))
             for key, value in node.items():
                 reg, sc = registry, scope
-                if key in INNER:
+                if path[0] == 'model' and key in MODEL_INNER:
+                    reg = MODEL_INNER[key]
+                elif key in INNER:
                     reg = INNER[key]
                     if ':' in reg:
                         sc, reg = reg.split(':')
@@ -191,6 +199,11 @@ def test_config_type_names_resolve_to_the_class_meant(path):
     entries = config_types(Config.fromfile(path))
     assert any(e[1] == 'MODELS' for e in entries), 'no model type found'
     for where, registry, scope, name in entries:
+        if registry == 'mmcv.ops':
+            import mmcv.ops
+            if not callable(getattr(mmcv.ops, name, None)):
+                problems.append(f'{where}: {name!r} is not an mmcv.ops function or class')
+            continue
         # built from mmbeit's registry of that kind in that scope (mmpretrain's own for
         # mmpretrain-only kinds), as mmengine's build_from_cfg does
         base = _registry('mmbeit', registry) or _registry(scope, registry)

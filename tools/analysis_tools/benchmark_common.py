@@ -14,6 +14,10 @@ import subprocess
 import sys
 from typing import Dict, List, Sequence
 
+# The benchmarks build mmpretrain's models next to ours: mmbeit.registry first (it switches
+# off mmpretrain's multimodal models, which do not import under transformers 5).
+import mmbeit.registry  # noqa: F401
+
 
 def current_rss_kb() -> int:
     """The process's resident set now, in KiB (Linux)."""
