@@ -54,20 +54,20 @@ optim_wrapper = dict(
     constructor='LayerDecayOptimWrapperConstructor',
     paramwise_cfg=dict(layer_decay_rate=1.0),
     clip_grad=dict(max_norm=5.0))
-max_iters = 1500
+max_iters = 600
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=50),
     # ViTDet's x0.1 steps at 88.9 % and 96.3 % of the run
     dict(type='MultiStepLR', by_epoch=False, begin=0, end=max_iters,
          milestones=[int(max_iters * 0.889), int(max_iters * 0.963)], gamma=0.1),
 ]
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=300)
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=200)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 auto_scale_lr = dict(base_batch_size=8)
 
 default_hooks = dict(
     logger=dict(interval=50),
-    checkpoint=dict(by_epoch=False, interval=300, max_keep_ckpts=1),
+    checkpoint=dict(by_epoch=False, interval=200, max_keep_ckpts=1),
 )
 log_processor = dict(by_epoch=False)

@@ -177,3 +177,22 @@ def test_convs_get_he_fan_out_init_and_norms_start_at_one_zero():
                                  init_cfg=dict(type='Constant', layer='Conv2d', val=0.5))
     other.init_weights()
     assert all(torch.all(m.weight == 0.5) for m in other.modules() if type(m) is nn.Conv2d)
+
+
+def test_levels_read_right_through_mmcv_roi_align():
+    """mmcv's RoIAlign (CPU) reads its input as contiguous NCHW whatever its strides; a
+    level with channels-last strides (LN2d's permute) gave scrambled RoI features, and the
+    demo Mask R-CNN's RoI heads could not fit even one batch. Every level must give the RoI
+    features torchvision's roi_align computes from the same values."""
+    import torchvision
+    from mmcv.ops import RoIAlign
+    torch.manual_seed(0)
+    neck = SimpleFeaturePyramid(64, 32, scale_factors=(2.0, 1.0, 0.5, 0.25)).eval()
+    with torch.no_grad():
+        outs = neck([torch.randn(2, 64, 16, 16)])
+    rois = torch.tensor([[0., 27., 16., 63., 58.], [1., 10., 20., 50., 60.]])
+    for level, stride in zip(outs[:4], (4, 8, 16, 32)):
+        ours = RoIAlign((7, 7), spatial_scale=1 / stride, sampling_ratio=0)(level, rois)
+        ref = torchvision.ops.roi_align(level.contiguous(), rois, (7, 7), 1 / stride,
+                                        sampling_ratio=0, aligned=True)
+        torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)

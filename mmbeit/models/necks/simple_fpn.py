@@ -47,8 +47,11 @@ class LayerNorm2d(nn.LayerNorm):
         if x.ndim != 4:
             raise ValueError(f'LN2d expects an NCHW map, got a tensor of shape '
                              f'{tuple(x.shape)}')
+        # .contiguous(): the permuted result has channels-last strides, and mmcv's RoIAlign
+        # (CPU) reads its input as contiguous NCHW whatever the strides, so RoI features
+        # of such a map are scrambled (tests/test_models/test_simple_fpn.py)
         return F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight,
-                            self.bias, self.eps).permute(0, 3, 1, 2)
+                            self.bias, self.eps).permute(0, 3, 1, 2).contiguous()
 
 
 def _conv_norm(in_ch: int, out_ch: int, kernel: int, norm_cfg: dict) -> nn.Sequential:
