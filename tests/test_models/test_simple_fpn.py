@@ -101,6 +101,14 @@ def test_in_index_picks_the_backbone_output():
     with torch.no_grad():
         assert torch.equal(neck([a, b])[0], neck(a)[0])
         assert not torch.equal(neck([a, b])[0], neck(b)[0])
+        neck.in_index = -1
+        assert torch.equal(neck([a, b])[0], neck(b)[0])
+        for index in (2, -3):
+            neck.in_index = index
+            with pytest.raises(IndexError, match=rf'in_index {index} is out of range for the '
+                                                 r"backbone's 2 outputs; set the neck's "
+                                                 r"in_index or the backbone's out_indices"):
+                neck([a, b])
 
 
 def test_ln2d_is_a_per_pixel_layer_norm_over_channels():
@@ -133,6 +141,10 @@ def test_ln2d_is_a_per_pixel_layer_norm_over_channels():
     (dict(num_outs=3), r'num_outs must be 4 \(one per scale factor\) or 5 \(plus a stride-2 '
      r'subsampling of the last level\), got 3'),
     (dict(num_outs=6), r'num_outs must be 4 .* got 6'),
+    (dict(num_outs=5.0), r'SimpleFeaturePyramid: num_outs must be an int >= 1, got 5.0'),
+    (dict(in_index=True), r'in_index must be an int \(an index into the backbone\'s '
+     r'outputs, -1 for the last\), got True'),
+    (dict(in_index='-1'), r"in_index must be an int .* got '-1'"),
     (dict(in_channels=0), r'SimpleFeaturePyramid: in_channels must be an int >= 1, got 0'),
     (dict(in_channels=32.0), r'in_channels must be an int >= 1, got 32.0'),
     (dict(out_channels=0), r'SimpleFeaturePyramid: out_channels must be an int >= 1, got 0'),

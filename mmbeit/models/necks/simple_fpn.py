@@ -90,6 +90,10 @@ class SimpleFeaturePyramid(BaseModule):
                 or scale_factors != sorted(set(scale_factors), reverse=True):
             raise ValueError(f'scale_factors must be distinct values from (4, 2, 1, 0.5, '
                              f'0.25), largest first, got {scale_factors}')
+        num_outs = check_int(num_outs, 'num_outs', 'SimpleFeaturePyramid')
+        if isinstance(in_index, bool) or not isinstance(in_index, int):
+            raise ValueError(f'SimpleFeaturePyramid: in_index must be an int (an index into '
+                             f'the backbone\'s outputs, -1 for the last), got {in_index!r}')
         if num_outs not in (len(scale_factors), len(scale_factors) + 1):
             raise ValueError(f'num_outs must be {len(scale_factors)} (one per scale factor) '
                              f'or {len(scale_factors) + 1} (plus a stride-2 subsampling of '
@@ -132,7 +136,14 @@ class SimpleFeaturePyramid(BaseModule):
                 nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
 
     def forward(self, feats) -> Tuple[torch.Tensor, ...]:
-        x = feats[self.in_index] if isinstance(feats, (list, tuple)) else feats
+        if isinstance(feats, (list, tuple)):
+            if not -len(feats) <= self.in_index < len(feats):
+                raise IndexError(f'SimpleFeaturePyramid: in_index {self.in_index} is out of '
+                                 f'range for the backbone\'s {len(feats)} outputs; set the '
+                                 f'neck\'s in_index or the backbone\'s out_indices')
+            x = feats[self.in_index]
+        else:
+            x = feats
         outs = [stage(x) for stage in self.stages]
         if self.num_outs > len(outs):
             outs.append(F.max_pool2d(outs[-1], kernel_size=1, stride=2))
