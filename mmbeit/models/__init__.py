@@ -3,6 +3,7 @@ from . import (  # noqa: F401
     algorithms,
     backbones,
     data_preprocessors,
+    detectors,
     heads,
     necks,
     tokenizers,
@@ -11,6 +12,7 @@ from . import (  # noqa: F401
 from .algorithms import *  # noqa: F401,F403
 from .backbones import *  # noqa: F401,F403
 from .data_preprocessors import *  # noqa: F401,F403
+from .detectors import *  # noqa: F401,F403
 from .heads import *  # noqa: F401,F403
 from .necks import *  # noqa: F401,F403
 from .tokenizers import *  # noqa: F401,F403

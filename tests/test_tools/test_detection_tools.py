@@ -1,6 +1,7 @@
 """Detection through the tools (issue 17): a tiny Mask R-CNN with mmbeit's BEiTViT (the
 demo scratch config, batch 2, 4 iterations, no validation) trains on the demo COCO data
-with tools/train.py and writes a checkpoint; tools/test.py on it reports box and mask AP
+with tools/train.py in bf16 mixed precision (``--amp bf16``: mmbeit.MaskRCNN keeps the heads
+in fp32, tests/test_models/test_mask_rcnn_amp.py) and writes a checkpoint; tools/test.py on it reports box and mask AP
 (mmdet's CocoMetric); tools/infer.py lists its detections and writes an overlay.
 
 Training and testing run in fresh processes (one each, sharing the checkpoint through a
@@ -49,9 +50,10 @@ def trained(tmp_path_factory, demo_data):
                'model.train_cfg.rpn_proposal.max_per_img': 64,
                'model.train_cfg.rcnn.sampler.num': 32}
     res = run_tool(['tools/train.py', DET_CFG, '--work-dir', work, '--no-validate',
-                    '--cfg-options', *cli_options(options)])
+                    '--amp', 'bf16', '--cfg-options', *cli_options(options)])
     log = res.stdout + res.stderr
     assert 'Iter(train) [4/4]' in log and 'loss_mask' in log and 'loss_rpn_cls' in log
+    assert "type='MixedPrecisionOptimWrapper'" in log and "dtype='bfloat16'" in log
     return work / 'iter_4.pth'
 
 

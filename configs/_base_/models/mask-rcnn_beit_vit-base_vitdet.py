@@ -3,9 +3,12 @@
 # projects/ViTDet configs mask_rcnn_vitdet_b_100ep.py). Facts and sources in
 # docs/detection.md.
 #
-# - mmdet's MaskRCNN, RPNHead, StandardRoIHead, Shared4Conv1FCBBoxHead, FCNMaskHead as they
-#   are; mmbeit's BEiTViT and SimpleFeaturePyramid; LayerNorm over channels (mmbeit.LN2d)
-#   in the pyramid, the box head's 4 convs and the mask head's 4 convs (ViTDet §A.2).
+# - mmdet's RPNHead, StandardRoIHead, Shared4Conv1FCBBoxHead, FCNMaskHead as they are;
+#   mmbeit's BEiTViT and SimpleFeaturePyramid; LayerNorm over channels (mmbeit.LN2d) in the
+#   pyramid, the box head's 4 convs and the mask head's 4 convs (ViTDet §A.2).
+# - mmbeit.MaskRCNN is mmdet's MaskRCNN whose heads stay in fp32 under --amp (mmcv's
+#   RoIAlign and NMS have no bf16 kernels); the backbone and pyramid run in bf16. Without
+#   --amp it is mmdet's model (mmbeit/models/detectors/mask_rcnn.py).
 # - Backbone: the last block's map [B, 768, 64, 64] of a 1024 x 1024 input, no final norm,
 #   per-layer relative position tables. Windowed attention (14 x 14 windows = the 224 px
 #   pretraining grid, so window blocks load their tables unresized) in all blocks but
@@ -19,7 +22,7 @@
 # The leaf sets num_classes (80), drop path and the checkpoint.
 norm_cfg = dict(type='mmbeit.LN2d', requires_grad=True)
 model = dict(
-    type='MaskRCNN', _scope_='mmdet',
+    type='mmbeit.MaskRCNN', _scope_='mmdet',
     data_preprocessor=dict(
         type='DetDataPreprocessor', mean=[123.675, 116.28, 103.53],
         std=[58.395, 57.12, 57.375], bgr_to_rgb=True, pad_mask=True,
