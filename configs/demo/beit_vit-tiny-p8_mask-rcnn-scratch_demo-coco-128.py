@@ -1,7 +1,7 @@
 # Demo: Mask R-CNN, ViTDet style, with a tiny BEiT ViT trained from scratch on the bundled
 # demo data (COCO layout, 128 px), the baseline that the pretrained demo detector
 # (beitv2_vit-tiny-p8_mask-rcnn_demo-coco-128.py) is compared against. The pieces of
-# configs/beitv2/benchmarks/*mask-rcnn*: mmdet's MaskRCNN, RPN (2 convs), 4conv1fc box
+# configs/beitv2/benchmarks/*mask-rcnn*: mmbeit.MaskRCNN (mmdet's), RPN (2 convs), 4conv1fc box
 # head and FCN mask head with LayerNorm'd convs; mmbeit's BEiTViT with windowed attention
 # and SimpleFeaturePyramid; LSJ (scale range 0.5-2, see the dataset base), box / mask AP.
 #
