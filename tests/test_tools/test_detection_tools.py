@@ -1,8 +1,9 @@
 """Detection through the tools (issue 17): a tiny Mask R-CNN with mmbeit's BEiTViT (the
 demo scratch config, batch 2, 4 iterations, no validation) trains on the demo COCO data
 with tools/train.py in bf16 mixed precision (``--amp bf16``: mmbeit.MaskRCNN keeps the heads
-in fp32, tests/test_models/test_mask_rcnn_amp.py) and writes a checkpoint; tools/test.py on it reports box and mask AP
-(mmdet's CocoMetric); tools/infer.py lists its detections and writes an overlay.
+in fp32, tests/test_models/test_mask_rcnn_amp.py) and writes a checkpoint; tools/test.py
+on it reports box and mask AP (mmdet's CocoMetric); tools/infer.py lists its detections
+and writes an overlay.
 
 Training and testing run in fresh processes (one each, sharing the checkpoint through a
 module fixture); infer.py runs in this process (its report is compared with
