@@ -16,8 +16,8 @@
 #      WORK_DIR/transfer.md.
 # DEMO_DETECTION=1 adds 6. detection and instance segmentation (Mask R-CNN, ViTDet style,
 # on the demo COCO-layout data): the same pair, with box / mask AP in a second table
-# (WORK_DIR/transfer_detection.md). It is opt-in because it doubles the demo's time on
-# two CPU cores (~25 more minutes; numbers in configs/demo/README.md).
+# (WORK_DIR/transfer_detection.md). It is opt-in because it more than doubles the demo's
+# time on two CPU cores (~40 more minutes; numbers in configs/demo/README.md).
 # Why HOG tokens and not a VQ-KD's: configs/demo/README.md (the VQ-KD demo tokenizer, which
 # can only distil a random teacher here, is its own config there).
 # work_dirs/demo/latest points at the newest run (the demo transfer configs' default
