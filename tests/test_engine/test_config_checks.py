@@ -110,6 +110,16 @@ def test_misspelt_backbone_key_names_path_class_and_suggestion():
     assert isinstance(UnknownConfigKeyError(), TypeError)
 
 
+def test_misspelt_detector_key_is_named_at_the_top_level():
+    """mmbeit.MaskRCNN is registered as a builder that spells out the class's
+    arguments, so a misspelt key of the detector itself is caught too."""
+    cfg = _config('demo/beit_vit-tiny-p8_mask-rcnn-scratch_demo-coco-128.py')
+    cfg.model.rpn_haed = cfg.model.pop('rpn_head')
+    assert _error(cfg).splitlines()[1] == (
+        "  model.rpn_haed: build_mask_rcnn (mmbeit.models.detectors) has no argument "
+        "'rpn_haed'; did you mean 'rpn_head'?")
+
+
 def test_misspelt_keys_inside_mmseg_scope_and_prefixed_types():
     cfg = _config('demo/beitv2_vit-tiny-p8_upernet-1k_demo-ade-128.py')
     assert cfg.model._scope_ == 'mmseg' and cfg.model.backbone.type == 'mmbeit.BEiTViT'

@@ -5,6 +5,7 @@ mmdet's model, output for output. The demo scratch config's model (a tiny ViT at
 on a synthetic batch of two images with two boxes and masks each."""
 import copy
 import functools
+import inspect
 
 import numpy as np
 import pytest
@@ -161,3 +162,14 @@ def test_the_registry_builds_it_without_mmbeit_models_importing_mmdet():
         'False', 'mmbeit.models.detectors build_mask_rcnn',
         "mmbeit.models.detectors.mask_rcnn MaskRCNN ['mmbeit.models.detectors.mask_rcnn', "
         "'mmdet.models.detectors.mask_rcnn']"]
+
+
+def test_the_builder_takes_exactly_the_classs_arguments():
+    """The registered builder spells out MaskRCNN's arguments (so the config key check
+    can name a misspelt key); an mmdet update that changes them fails here."""
+    from mmbeit.models.detectors import build_mask_rcnn
+    from mmbeit.models.detectors.mask_rcnn import MaskRCNN
+    ours = inspect.signature(build_mask_rcnn).parameters
+    theirs = list(inspect.signature(MaskRCNN.__init__).parameters.values())[1:]
+    assert [(p.name, p.default) for p in ours.values()] == \
+        [(p.name, p.default) for p in theirs]
